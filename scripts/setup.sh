@@ -58,7 +58,9 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 mkdir -p "$stamp_dir"
 vpy=$venv/bin/python
-pip() { "$vpy" -m pip "$@"; }
+# This machine's pip.conf names local indexes that may not exist; pip warns
+# once per package about them. Hide only that warning.
+pip() { "$vpy" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 # ---------------------------------------------------------------- 3. pip
 req_hash=$(cat "$repo/requirements.txt" | sha1sum | cut -c1-12)
