@@ -6,6 +6,7 @@ fast_rnnt is the stand-alone copy of k2's RNN-T code by the same authors, with
 the same function names, arguments and tensor layouts:
 
 - ``get_rnnt_logprobs(lm, am, symbols, termination_symbol, boundary, rnnt_type)``
+- ``get_rnnt_logprobs_smoothed(lm, am, symbols, termination_symbol, lm_only_scale, am_only_scale, boundary, rnnt_type)``
 - ``rnnt_loss_simple`` / ``rnnt_loss_smoothed(..., return_grad=True)`` giving
   ``(loss, (px_grad, py_grad))``
 - ``get_rnnt_prune_ranges(px_grad, py_grad, boundary, s_range)``
@@ -54,6 +55,7 @@ def _load_backend() -> tuple[ModuleType, str]:
 _backend, BACKEND_NAME = _load_backend()
 
 get_rnnt_logprobs = _backend.get_rnnt_logprobs
+get_rnnt_logprobs_smoothed = _backend.get_rnnt_logprobs_smoothed
 rnnt_loss_simple = _backend.rnnt_loss_simple
 rnnt_loss_smoothed = _backend.rnnt_loss_smoothed
 get_rnnt_prune_ranges = _backend.get_rnnt_prune_ranges
@@ -67,6 +69,7 @@ __all__ = [
     "BACKEND_NAME",
     "INSTALL_HINT",
     "get_rnnt_logprobs",
+    "get_rnnt_logprobs_smoothed",
     "rnnt_loss_simple",
     "rnnt_loss_smoothed",
     "get_rnnt_prune_ranges",

@@ -1,0 +1,237 @@
+"""Named model sizes and the one function that builds a :class:`Transducer`.
+
+Presets (parameter counts measured at ``vocab_size=500``, ``feature_dim=80``,
+``context_size=2``; re-print with
+``python -c "from icefall_spkd.models.presets import preset_table; print(preset_table())"``):
+
+========  ===========  ======  =====  ======  ======  ======  ======  ===========
+preset    encoder_dim  layers  heads  ff_dim  kernel  dec     joiner  parameters
+========  ===========  ======  =====  ======  ======  ======  ======  ===========
+tiny      96           4       4      320     15      96      96      1.03 M
+small     144          12      4      512     31      256     256     6.06 M
+medium    256          12      4      1024    31      512     512     19.92 M
+large     512          12      8      1792    31      512     512     69.38 M
+========  ===========  ======  =====  ======  ======  ======  ======  ===========
+
+``small`` is the paper's student size (~6 M) and ``large`` its teacher (~70 M).
+
+Usage::
+
+    parser = argparse.ArgumentParser(); add_model_arguments(parser)
+    params.update(vars(parser.parse_args()))
+    model = build_model(params)          # or build_model("small")
+
+Explicit dimensions override the preset; without a preset every dimension of
+:data:`DIM_KEYS` must be given.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Optional, Union
+
+from .conformer import Conformer
+from .decoder import Decoder
+from .joiner import Joiner
+from .transducer import Transducer
+
+DIM_KEYS = (
+    "encoder_dim",
+    "num_encoder_layers",
+    "num_heads",
+    "feedforward_dim",
+    "cnn_module_kernel",
+    "decoder_dim",
+    "joiner_dim",
+)
+
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(
+        encoder_dim=96,
+        num_encoder_layers=4,
+        num_heads=4,
+        feedforward_dim=320,
+        cnn_module_kernel=15,
+        decoder_dim=96,
+        joiner_dim=96,
+    ),
+    "small": dict(
+        encoder_dim=144,
+        num_encoder_layers=12,
+        num_heads=4,
+        feedforward_dim=512,
+        cnn_module_kernel=31,
+        decoder_dim=256,
+        joiner_dim=256,
+    ),
+    "medium": dict(
+        encoder_dim=256,
+        num_encoder_layers=12,
+        num_heads=4,
+        feedforward_dim=1024,
+        cnn_module_kernel=31,
+        decoder_dim=512,
+        joiner_dim=512,
+    ),
+    "large": dict(
+        encoder_dim=512,
+        num_encoder_layers=12,
+        num_heads=8,
+        feedforward_dim=1792,
+        cnn_module_kernel=31,
+        decoder_dim=512,
+        joiner_dim=512,
+    ),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Every hyper-parameter :func:`build_model` uses."""
+
+    encoder_dim: int
+    num_encoder_layers: int
+    num_heads: int
+    feedforward_dim: int
+    cnn_module_kernel: int
+    decoder_dim: int
+    joiner_dim: int
+    vocab_size: int = 500
+    context_size: int = 2
+    feature_dim: int = 80
+    dropout: float = 0.1
+    blank_id: int = 0
+    subsampling_channels: Optional[int] = None  # None: max(8, encoder_dim // 4)
+
+
+ParamsLike = Union[str, Mapping, argparse.Namespace, ModelConfig]
+
+
+def _lookup(params: Any, key: str) -> Any:
+    if isinstance(params, Mapping):
+        return params.get(key)
+    return getattr(params, key, None)
+
+
+def resolve_model_config(params: ParamsLike) -> ModelConfig:
+    """Turn a preset name, a params dict/AttributeDict/Namespace or a config into a :class:`ModelConfig`.
+
+    ``model_preset`` (if set) gives the base dimensions; every key of
+    :class:`ModelConfig` present in ``params`` with a non-None value overrides it.
+    """
+    if isinstance(params, ModelConfig):
+        return params
+    if isinstance(params, str):
+        params = {"model_preset": params}
+    values: dict[str, Any] = {}
+    preset = _lookup(params, "model_preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown model preset {preset!r}; choose from {sorted(PRESETS)}")
+        values.update(PRESETS[preset])
+    for f in fields(ModelConfig):
+        v = _lookup(params, f.name)
+        if v is not None:
+            values[f.name] = v
+    missing = [k for k in DIM_KEYS if k not in values]
+    if missing:
+        raise ValueError(
+            f"no model_preset and missing model dimensions {missing}; "
+            f"give --model-preset ({'/'.join(PRESETS)}) or all of {list(DIM_KEYS)}"
+        )
+    return ModelConfig(**values)
+
+
+def build_model(params: ParamsLike) -> Transducer:
+    """Build a :class:`Transducer` (Conformer encoder, stateless decoder, joiner).
+
+    Args:
+      params: a preset name (``"tiny"``, ``"small"``, ``"medium"``, ``"large"``),
+        or a mapping / namespace with ``model_preset`` and/or the explicit
+        dimensions (``encoder_dim``, ``num_encoder_layers``, ``num_heads``,
+        ``feedforward_dim``, ``cnn_module_kernel``, ``decoder_dim``,
+        ``joiner_dim``) and optionally ``vocab_size`` (500), ``context_size``
+        (2), ``feature_dim`` (80), ``dropout`` (0.1), ``blank_id`` (0).
+    Returns:
+      The model; ``model.model_config`` holds the resolved config as a dict.
+    """
+    cfg = resolve_model_config(params)
+    encoder = Conformer(
+        num_features=cfg.feature_dim,
+        d_model=cfg.encoder_dim,
+        num_heads=cfg.num_heads,
+        feedforward_dim=cfg.feedforward_dim,
+        num_layers=cfg.num_encoder_layers,
+        cnn_module_kernel=cfg.cnn_module_kernel,
+        dropout=cfg.dropout,
+        subsampling_channels=cfg.subsampling_channels,
+    )
+    decoder = Decoder(
+        vocab_size=cfg.vocab_size,
+        decoder_dim=cfg.decoder_dim,
+        blank_id=cfg.blank_id,
+        context_size=cfg.context_size,
+    )
+    joiner = Joiner(cfg.encoder_dim, cfg.decoder_dim, cfg.joiner_dim, cfg.vocab_size)
+    model = Transducer(
+        encoder=encoder,
+        decoder=decoder,
+        joiner=joiner,
+        encoder_dim=cfg.encoder_dim,
+        decoder_dim=cfg.decoder_dim,
+        vocab_size=cfg.vocab_size,
+    )
+    model.model_config = asdict(cfg)
+    return model
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--model-preset`` and the dimension flags; explicit flags override the preset.
+
+    Dimension flags default to None (= take the preset's value). ``--vocab-size``
+    is not added here: recipes take it from ``tokens.txt`` / ``bpe.model``.
+    """
+    parser.add_argument(
+        "--model-preset",
+        type=str,
+        default="small",
+        choices=sorted(PRESETS),
+        help="Named model size; explicit dimension flags override its values.",
+    )
+    parser.add_argument("--encoder-dim", type=int, default=None, help="Conformer d_model.")
+    parser.add_argument(
+        "--num-encoder-layers", type=int, default=None, help="Number of Conformer blocks."
+    )
+    parser.add_argument("--num-heads", type=int, default=None, help="Attention heads.")
+    parser.add_argument(
+        "--feedforward-dim", type=int, default=None, help="Conformer feed-forward hidden size."
+    )
+    parser.add_argument(
+        "--cnn-module-kernel", type=int, default=None, help="Odd depthwise conv kernel size."
+    )
+    parser.add_argument("--decoder-dim", type=int, default=None, help="Decoder embedding dim.")
+    parser.add_argument("--joiner-dim", type=int, default=None, help="Joiner hidden dim.")
+    parser.add_argument(
+        "--context-size", type=int, default=2, help="Decoder context: 1 = unigram, 2 = bigram."
+    )
+    parser.add_argument("--dropout", type=float, default=0.1, help="Encoder dropout rate.")
+
+
+def num_parameters(model: Any) -> int:
+    """Total number of parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def preset_table(vocab_size: int = 500) -> list[tuple[str, int]]:
+    """``[(preset, parameter count)]`` measured by building each preset at ``vocab_size``."""
+    return [
+        (name, num_parameters(build_model({"model_preset": name, "vocab_size": vocab_size})))
+        for name in PRESETS
+    ]
+
+
+if __name__ == "__main__":
+    for name, n in preset_table():
+        print(f"{name:8s} {n:>12,d}  ({n / 1e6:.2f} M)")
