@@ -1,0 +1,542 @@
+"""Tests of icefall_spkd.kd against direct per-node loops and small hand derivations."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from icefall_spkd import pruned_rnnt
+from icefall_spkd.kd import (
+    _lattice_kd,
+    collapsed_kd_loss,
+    compute_kd_losses,
+    full_lattice_kd_loss,
+    node_weights_from_lattice,
+    pruned_kd_loss,
+    pruned_lattice_logprobs,
+)
+from icefall_spkd.sampling import node_occupancy, viterbi_alignment
+
+# ---------------------------------------------------------------------------
+# references
+# ---------------------------------------------------------------------------
+
+
+def kl_ref(zt: torch.Tensor, zs: torch.Tensor, tau: float) -> float:
+    pt = torch.softmax(zt.double() / tau, dim=-1)
+    ps = torch.softmax(zs.double() / tau, dim=-1)
+    return float((pt * (pt.log() - ps.log())).sum())
+
+
+def loop_pruned_kd(zt, zs, ranges, boundary, tau, w=None) -> float:
+    B, T, R, _ = zt.shape
+    total = 0.0
+    for b in range(B):
+        U_b, T_b = int(boundary[b, 2]), int(boundary[b, 3])
+        for t in range(T_b):
+            for k in range(R):
+                if int(ranges[b, t, k]) <= U_b:
+                    wk = 1.0 if w is None else float(w[b, t, k])
+                    total += wk * kl_ref(zt[b, t, k], zs[b, t, k], tau)
+    return total * tau**2
+
+
+def loop_collapsed(zt, zs, y, boundary, tau, blank=0) -> float:
+    B, T, U1, _ = zt.shape
+    total = 0.0
+    for b in range(B):
+        U_b, T_b = int(boundary[b, 2]), int(boundary[b, 3])
+        for t in range(T_b):
+            for u in range(U_b + 1):
+                dists = []
+                for z in (zt, zs):
+                    p = torch.softmax(z[b, t, u].double() / tau, dim=-1)
+                    others = torch.ones_like(p, dtype=torch.bool)
+                    others[blank] = False
+                    if u < U_b:
+                        others[int(y[b, u])] = False
+                        d = torch.stack([p[int(y[b, u])], p[blank], p[others].sum()])
+                    else:
+                        d = torch.stack([p[blank], p[others].sum()])
+                    dists.append(d)
+                pt, ps = dists
+                keep = pt > 0  # an empty "rest" class contributes 0 log 0 = 0
+                total += float((pt[keep] * (pt[keep].log() - ps[keep].log())).sum())
+    return total * tau**2
+
+
+def random_ranges(B, T, R, U, seed):
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, max(U - R + 2, 1), (B, T), generator=g).sort(dim=1).values
+    return start.unsqueeze(-1) + torch.arange(R).view(1, 1, R)
+
+
+# ---------------------------------------------------------------------------
+# pruned / full / collapsed losses
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.5])
+def test_pruned_kd_loss_matches_loop(tau):
+    B, T, R, V, U = 3, 6, 3, 7, 4
+    g = torch.Generator().manual_seed(0)
+    zt = torch.randn(B, T, R, V, generator=g) * 2
+    zs = torch.randn(B, T, R, V, generator=g) * 2
+    ranges = random_ranges(B, T, R, U, seed=1)
+    boundary = torch.tensor([[0, 0, 4, 6], [0, 0, 1, 4], [0, 0, 2, 5]])
+    w = torch.rand(B, T, R, generator=g)
+    got = pruned_kd_loss(zt, zs, ranges, boundary, tau)
+    assert got.dim() == 0 and got.dtype == torch.float32
+    assert got.item() == pytest.approx(loop_pruned_kd(zt, zs, ranges, boundary, tau), rel=1e-5)
+    got_w = pruned_kd_loss(zt, zs, ranges, boundary, tau, node_weights=w)
+    assert got_w.item() == pytest.approx(loop_pruned_kd(zt, zs, ranges, boundary, tau, w), rel=1e-5)
+
+
+def _masked_positions(ranges, boundary):
+    T = ranges.shape[1]
+    t = torch.arange(T).view(1, T, 1)
+    return (t >= boundary[:, 3].view(-1, 1, 1)) | (ranges > boundary[:, 2].view(-1, 1, 1))
+
+
+def test_pruned_kd_padding_invariance_and_gradients():
+    B, T, R, V, U = 3, 5, 3, 5, 3
+    g = torch.Generator().manual_seed(2)
+    zt = torch.randn(B, T, R, V, generator=g)
+    zs = torch.randn(B, T, R, V, generator=g)
+    ranges = random_ranges(B, T, R, U, seed=3)
+    boundary = torch.tensor([[0, 0, 3, 5], [0, 0, 1, 3], [0, 0, 0, 2]])
+    masked = _masked_positions(ranges, boundary)
+    assert masked.any() and (~masked).any()
+    ref = pruned_kd_loss(zt, zs, ranges, boundary, 2.0)
+
+    zt2, zs2 = zt.clone(), zs.clone()
+    zt2[masked] = float("nan")
+    zs2[masked] = 1e30
+    zt2.requires_grad_(True)
+    zs2.requires_grad_(True)
+    w = torch.rand(B, T, R, generator=g)
+    out = pruned_kd_loss(zt2, zs2, ranges, boundary, 2.0)
+    assert out.item() == pytest.approx(ref.item(), rel=1e-6)
+    out = out + pruned_kd_loss(zt2, zs2, ranges, boundary, 2.0, node_weights=w)
+    out.backward()
+    assert zt2.grad is None  # teacher never gets a gradient
+    assert torch.isfinite(zs2.grad).all()
+    assert (zs2.grad[masked] == 0).all()
+    assert (zs2.grad[~masked].abs().sum(-1) > 0).all()
+
+
+def test_losses_zero_for_identical_and_positive_otherwise():
+    B, T, U, V = 2, 4, 3, 6
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(B, T, U + 1, V, generator=g)
+    z2 = torch.randn(B, T, U + 1, V, generator=g)
+    y = torch.randint(1, V, (B, U), generator=g)
+    boundary = torch.tensor([[0, 0, 3, 4], [0, 0, 1, 2]])
+    ranges = random_ranges(B, T, 2, U, seed=5)
+    zr, zr2 = z[:, :, :2], z2[:, :, :2]
+    assert abs(pruned_kd_loss(zr, zr, ranges, boundary).item()) < 1e-6
+    assert abs(full_lattice_kd_loss(z, z, boundary).item()) < 1e-6
+    assert abs(collapsed_kd_loss(z, z, y, boundary).item()) < 1e-6
+    assert pruned_kd_loss(zr, zr2, ranges, boundary).item() > 1e-3
+    assert full_lattice_kd_loss(z, z2, boundary).item() > 1e-3
+    assert collapsed_kd_loss(z, z2, y, boundary).item() > 1e-3
+
+
+@pytest.mark.parametrize("tau", [1.0, 3.0])
+def test_full_and_collapsed_match_loops(tau):
+    B, T, U, V = 3, 4, 3, 6
+    g = torch.Generator().manual_seed(6)
+    zt = torch.randn(B, T, U + 1, V, generator=g) * 2
+    zs = torch.randn(B, T, U + 1, V, generator=g) * 2
+    y = torch.randint(1, V, (B, U), generator=g)
+    boundary = torch.tensor([[0, 0, 3, 4], [0, 0, 1, 3], [0, 0, 0, 2]])
+    ranges_full = torch.arange(U + 1).view(1, 1, -1).expand(B, T, U + 1)
+    ref_full = loop_pruned_kd(zt, zs, ranges_full, boundary, tau)
+    assert full_lattice_kd_loss(zt, zs, boundary, tau).item() == pytest.approx(ref_full, rel=1e-5)
+    ref_col = loop_collapsed(zt, zs, y, boundary, tau)
+    zs_g = zs.clone().requires_grad_(True)
+    zt_g = zt.clone().requires_grad_(True)
+    got = collapsed_kd_loss(zt_g, zs_g, y, boundary, tau)
+    assert got.item() == pytest.approx(ref_col, rel=1e-5)
+    got.backward()
+    assert zt_g.grad is None and torch.isfinite(zs_g.grad).all()
+
+
+def test_collapsed_with_two_token_vocab_has_finite_gradient():
+    """V = 2: at u < U_b the "rest" class is empty; loss and gradient stay finite."""
+    zt = torch.randn(1, 3, 3, 2)
+    zs = torch.randn(1, 3, 3, 2, requires_grad=True)
+    y = torch.tensor([[1, 1]])
+    boundary = torch.tensor([[0, 0, 2, 3]])
+    loss = collapsed_kd_loss(zt, zs, y, boundary)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(zs.grad).all()
+    assert loss.item() == pytest.approx(loop_collapsed(zt, zs.detach(), y, boundary, 1.0), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# node weights on a teacher's pruned lattice
+# ---------------------------------------------------------------------------
+
+
+def _pruned_case(seed=7):
+    B, T, U, V, R = 3, 6, 4, 6, 3
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(1, V, (B, U), generator=g)
+    boundary = torch.tensor([[0, 0, 4, 6], [0, 0, 2, 5], [0, 0, 1, 3]])
+    # window from a random "simple" lattice, as in training
+    am = torch.randn(B, T, V, generator=g)
+    lm = torch.randn(B, U + 1, V, generator=g)
+    _, (pxg, pyg) = pruned_rnnt.rnnt_loss_simple(
+        lm=lm, am=am, symbols=y, termination_symbol=0, boundary=boundary, return_grad=True
+    )
+    ranges = pruned_rnnt.get_rnnt_prune_ranges(pxg, pyg, boundary, R)
+    logits = torch.randn(B, T, R, V, generator=g) * 2
+    px, py = pruned_lattice_logprobs(logits, y, ranges, 0, boundary)
+    return px, py, boundary, ranges
+
+
+def test_node_weights_kinds():
+    px, py, boundary, ranges = _pruned_case()
+    B, T, R = ranges.shape
+    T_b = boundary[:, 3].float()
+    U_b = boundary[:, 2].float()
+    t = torch.arange(T).view(1, T, 1)
+    mask = (t < boundary[:, 3].view(-1, 1, 1)) & (ranges <= boundary[:, 2].view(-1, 1, 1))
+
+    occ = node_occupancy(px, py, boundary)  # (B, U+1, T)
+    # the pruned lattice keeps all of its mass inside the window
+    in_window = torch.zeros(B)
+    for b in range(B):
+        for tt in range(T):
+            for k in range(R):
+                if mask[b, tt, k]:
+                    in_window[b] += occ[b, ranges[b, tt, k], tt]
+    torch.testing.assert_close(in_window, T_b + U_b, rtol=1e-5, atol=1e-5)
+
+    for kind in ("uniform", "posterior", "viterbi", "sampled"):
+        w = node_weights_from_lattice(
+            kind,
+            px,
+            py,
+            boundary,
+            ranges,
+            num_paths=4000,
+            generator=torch.Generator().manual_seed(0),
+        )
+        assert w.shape == (B, T, R)
+        torch.testing.assert_close(w.sum(dim=(1, 2)), T_b, rtol=1e-5, atol=1e-5)
+        assert (w[~mask] == 0).all()
+        if kind == "uniform":
+            expected = mask.float() * (T_b / mask.sum(dim=(1, 2))).view(B, 1, 1)
+            torch.testing.assert_close(w, expected)
+        elif kind in ("posterior", "viterbi"):
+            g = occ if kind == "posterior" else viterbi_alignment(px, py, boundary)
+            expected = torch.zeros(B, T, R)
+            for b in range(B):
+                for tt in range(T):
+                    for k in range(R):
+                        if mask[b, tt, k]:
+                            expected[b, tt, k] = (
+                                g[b, ranges[b, tt, k], tt] * T_b[b] / (T_b[b] + U_b[b])
+                            )
+            torch.testing.assert_close(w, expected, rtol=1e-5, atol=1e-6)
+        else:  # sampled ~ posterior; 6-sigma binomial band, scaled like the weights
+            post = node_weights_from_lattice("posterior", px, py, boundary, ranges)
+            scale = (T_b / (T_b + U_b)).view(B, 1, 1)
+            p = (post / scale).clamp(0, 1)
+            tol = scale * (6 * torch.sqrt(p * (1 - p) / 4000) + 1 / 4000)
+            assert ((w - post).abs() <= tol + 1e-6).all()
+
+    with pytest.raises(ValueError):
+        node_weights_from_lattice("bogus", px, py, boundary, ranges)
+
+
+def test_pruned_lattice_logprobs_accepts_empty_sequences():
+    B, T, V = 2, 4, 5
+    logits = torch.randn(B, T, 2, V)
+    y = torch.tensor([[3, 0], [2, 4]])
+    boundary = torch.tensor([[0, 0, 0, 4], [0, 0, 2, 3]])
+    ranges = torch.tensor([[0, 1]] * T).view(1, T, 2).repeat(B, 1, 1)
+    ranges[1] = torch.tensor([[0, 1], [0, 1], [1, 2], [1, 2]])
+    px, py = pruned_lattice_logprobs(logits, y, ranges, 0, boundary)
+    occ = node_occupancy(px, py, boundary)
+    assert torch.allclose(occ[0, 0], torch.ones(T)) and occ[0, 1:].sum() == 0
+    assert occ[1].sum().item() == pytest.approx(5.0, rel=1e-5)
+    # every sequence empty: S = 0
+    px0, py0 = pruned_lattice_logprobs(
+        logits[:, :, :1],
+        torch.zeros(B, 0, dtype=torch.int64),
+        torch.zeros(B, T, 1, dtype=torch.int64),
+        0,
+        torch.tensor([[0, 0, 0, 4], [0, 0, 0, 2]]),
+    )
+    assert px0.shape == (B, 0, T + 1) and py0.shape == (B, 1, T)
+    w = node_weights_from_lattice(
+        "posterior",
+        px0,
+        py0,
+        torch.tensor([[0, 0, 0, 4], [0, 0, 0, 2]]),
+        torch.zeros(B, T, 1, dtype=torch.int64),
+    )
+    assert torch.equal(w[:, :, 0], torch.tensor([[1.0, 1, 1, 1], [1, 1, 0, 0]]))
+
+
+# ---------------------------------------------------------------------------
+# the whole recipe, with the project's Transducer
+# ---------------------------------------------------------------------------
+
+V = 8
+
+
+def _model(seed: int):
+    presets = pytest.importorskip("icefall_spkd.models.presets")
+    torch.manual_seed(seed)
+    m = presets.build_model(
+        dict(
+            encoder_dim=16,
+            num_encoder_layers=1,
+            num_heads=2,
+            feedforward_dim=32,
+            cnn_module_kernel=3,
+            decoder_dim=16,
+            joiner_dim=16,
+            vocab_size=V,
+            feature_dim=8,
+            dropout=0.0,
+        )
+    )
+    with torch.no_grad():  # livelier distributions than the default init
+        m.joiner.output_linear.weight.mul_(3.0)
+    return m.eval()
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    B, T, C = 3, 7, 16
+    enc = torch.randn(B, T, C, generator=g)
+    lens = torch.tensor([7, 5, 4])
+    y = [[3, 5, 2], [1], [4, 4, 6, 7]]
+    U = max(map(len, y))
+    y_padded = torch.zeros(B, U, dtype=torch.int64)
+    for b, s in enumerate(y):
+        y_padded[b, : len(s)] = torch.tensor(s)
+    y_lens = torch.tensor([len(s) for s in y])
+    return enc, lens, y_padded, y_lens
+
+
+def _params(**kw):
+    p = dict(
+        kd_loss="pkd",
+        kd_sampler="none",
+        kd_num_samples=2,
+        kd_sample_temperature=1.0,
+        kd_temperature=1.0,
+        kd_prune_range=3,
+        kd_ranges="teacher",
+        kd_node_weights="uniform",
+        kd_num_paths=8,
+        prune_range=3,
+        am_scale=0.0,
+        lm_scale=0.0,
+    )
+    p.update(kw)
+    return p
+
+
+def _outputs(teacher, student, enc_t, enc_s, lens, y_padded, y_lens, R=3):
+    with torch.no_grad():
+        t_out = teacher.transducer_outputs(enc_t, lens, y_padded, y_lens, prune_range=R)
+    s_out = student.transducer_outputs(enc_s, lens, y_padded, y_lens, prune_range=R)
+    return t_out, s_out
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(kd_sampler="teacher", kd_node_weights="posterior"),
+        dict(kd_sampler="batch", kd_node_weights="sampled"),
+        dict(kd_sampler="nbest", kd_node_weights="viterbi", kd_ranges="student"),
+        dict(kd_loss="full", kd_sampler="teacher"),
+        dict(kd_loss="collapsed", kd_sampler="batch"),
+    ],
+)
+def test_compute_kd_losses_zero_for_same_network_positive_otherwise(kw):
+    teacher = _model(0)
+    enc, lens, y_padded, y_lens = _batch()
+    params = _params(**kw)
+    t_out, s_out = _outputs(teacher, teacher, enc, enc, lens, y_padded, y_lens)
+    same = compute_kd_losses(
+        teacher, teacher, t_out, s_out, y_padded, y_lens, params, torch.Generator().manual_seed(0)
+    )
+    assert abs(same["kd"].item()) < 1e-5
+    assert abs(same["kd_samp"].item()) < 1e-5
+    assert same["kd_frames"].item() == 16
+
+    student = _model(1)
+    enc_s = enc.clone().requires_grad_(True)
+    t_out, s_out = _outputs(teacher, student, enc, enc_s, lens, y_padded, y_lens)
+    out = compute_kd_losses(
+        teacher, student, t_out, s_out, y_padded, y_lens, params, torch.Generator().manual_seed(0)
+    )
+    assert out["kd"].item() > 1e-3
+    if params["kd_sampler"] != "none":
+        assert out["kd_samp"].item() > 1e-3
+        assert "kd_samp_tokens" in out
+    (out["kd"] + out["kd_samp"]).backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert enc_s.grad is not None and torch.isfinite(enc_s.grad).all()
+    assert student.joiner.output_linear.weight.grad.abs().sum() > 0
+
+
+def test_pkd_with_window_covering_every_node_equals_full_kd():
+    """kd_prune_range >= U_max + 1: the window is every u, uniform weight T_b/(T_b (U_b+1))."""
+    teacher, student = _model(0), _model(1)
+    enc, lens, y_padded, y_lens = _batch()
+    t_out, s_out = _outputs(teacher, student, enc, enc, lens, y_padded, y_lens)
+    U1 = y_padded.shape[1] + 1
+    full_ranges = torch.arange(U1).view(1, 1, U1).expand(3, enc.shape[1], U1).contiguous()
+    zt = teacher.joiner_on_ranges(enc, t_out.decoder_out, full_ranges).detach()
+    zs = student.joiner_on_ranges(enc, s_out.decoder_out, full_ranges).detach()
+    expected = 0.0
+    for b in range(3):
+        bnd = t_out.boundary[b : b + 1]
+        expected += full_lattice_kd_loss(zt[b : b + 1], zs[b : b + 1], bnd, 2.0).item() / (
+            int(y_lens[b]) + 1
+        )
+    for which in ("teacher", "student"):
+        params = _params(kd_prune_range=U1 + 2, kd_temperature=2.0, kd_ranges=which)
+        out = compute_kd_losses(teacher, student, t_out, s_out, y_padded, y_lens, params)
+        assert out["kd"].item() == pytest.approx(expected, rel=1e-4)
+
+    # posterior weights over the full window: the teacher's full-lattice occupancy
+    lp = torch.log_softmax(zt.double(), dim=-1)  # (B, T, U+1, V)
+    py = lp[..., 0].transpose(1, 2)
+    px = torch.gather(lp[:, :, :-1], 3, y_padded.view(3, 1, -1, 1).expand(3, 7, -1, 1))
+    px = torch.nn.functional.pad(px.squeeze(3).transpose(1, 2), (0, 1), value=float("-inf"))
+    occ = node_occupancy(px, py, t_out.boundary)  # (B, U+1, T)
+    expected = 0.0
+    for b in range(3):
+        T_b, U_b = int(lens[b]), int(y_lens[b])
+        for t in range(T_b):
+            for u in range(U_b + 1):
+                w = float(occ[b, u, t]) * T_b / (T_b + U_b)
+                expected += w * kl_ref(zt[b, t, u], zs[b, t, u], 1.0)
+    params = _params(kd_prune_range=U1 + 2, kd_node_weights="posterior")
+    out = compute_kd_losses(teacher, student, t_out, s_out, y_padded, y_lens, params)
+    assert out["kd"].item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_empty_sampled_sequences():
+    """Empty sequences are a one-row lattice: KL at (t, 0) for t < T_b, weight 1 each."""
+    teacher, student = _model(0), _model(1)
+    enc, lens, _, _ = _batch()
+    y = torch.tensor([[0, 0], [3, 4], [0, 0]])
+    y_lens = torch.tensor([0, 2, 0])
+    for kind in ("uniform", "posterior", "viterbi", "sampled"):
+        params = _params(kd_prune_range=5, kd_node_weights=kind)
+        got = _lattice_kd(
+            teacher, student, enc, enc, lens, y, y_lens, params, torch.Generator().manual_seed(0)
+        )
+        # reference: utterances 0 and 2 alone (row u = 0), plus utterance 1 alone
+        dec_t = teacher.run_decoder(torch.zeros(1, 0, dtype=torch.int64))
+        dec_s = student.run_decoder(torch.zeros(1, 0, dtype=torch.int64))
+        r0 = torch.zeros(1, 7, 1, dtype=torch.int64)
+        expected = 0.0
+        for b in (0, 2):
+            zt = teacher.joiner_on_ranges(enc[b : b + 1], dec_t, r0)
+            zs = student.joiner_on_ranges(enc[b : b + 1], dec_s, r0)
+            bnd = torch.tensor([[0, 0, 0, int(lens[b])]])
+            expected += pruned_kd_loss(zt, zs, r0, bnd).item()
+        one = _lattice_kd(
+            teacher,
+            student,
+            enc[1:2],
+            enc[1:2],
+            lens[1:2],
+            y[1:2],
+            y_lens[1:2],
+            params,
+            torch.Generator().manual_seed(0),
+        )
+        if kind != "sampled":  # sampled weights depend on the random stream
+            assert got.item() == pytest.approx(expected + one.item(), rel=1e-4)
+
+    # all sequences empty (U_max = 0)
+    params = _params(kd_prune_range=5)
+    got = _lattice_kd(
+        teacher,
+        student,
+        enc[:1],
+        enc[:1],
+        lens[:1],
+        torch.zeros(1, 0, dtype=torch.int64),
+        torch.tensor([0]),
+        params,
+        None,
+    )
+    zt = teacher.joiner_on_ranges(
+        enc[:1],
+        teacher.run_decoder(torch.zeros(1, 0, dtype=torch.int64)),
+        torch.zeros(1, 7, 1, dtype=torch.int64),
+    )
+    zs = student.joiner_on_ranges(
+        enc[:1],
+        student.run_decoder(torch.zeros(1, 0, dtype=torch.int64)),
+        torch.zeros(1, 7, 1, dtype=torch.int64),
+    )
+    ref = pruned_kd_loss(
+        zt, zs, torch.zeros(1, 7, 1, dtype=torch.int64), torch.tensor([[0, 0, 0, 7]])
+    )
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_teacher_sampler_with_all_blank_teacher_and_seeding():
+    teacher, student = _model(0), _model(1)
+    enc, lens, y_padded, y_lens = _batch()
+    t_out, s_out = _outputs(teacher, student, enc, enc, lens, y_padded, y_lens)
+    params = _params(kd_sampler="teacher", kd_num_samples=3)
+    a = compute_kd_losses(
+        teacher, student, t_out, s_out, y_padded, y_lens, params, torch.Generator().manual_seed(5)
+    )
+    b = compute_kd_losses(
+        teacher, student, t_out, s_out, y_padded, y_lens, params, torch.Generator().manual_seed(5)
+    )
+    assert a["kd_samp"].item() == b["kd_samp"].item()
+
+    blanky = copy.deepcopy(teacher)
+    with torch.no_grad():
+        blanky.joiner.output_linear.bias[0] = 100.0
+    with torch.no_grad():
+        t_out2 = blanky.transducer_outputs(enc, lens, y_padded, y_lens, prune_range=3)
+    out = compute_kd_losses(
+        blanky, student, t_out2, s_out, y_padded, y_lens, params, torch.Generator().manual_seed(5)
+    )
+    assert out["kd_samp_empty"].item() == 1.0 and out["kd_samp_tokens"].item() == 0.0
+    assert torch.isfinite(out["kd_samp"]) and out["kd_samp"].item() > 0
+
+
+@pytest.mark.parametrize("kind", ["uniform", "posterior", "viterbi"])
+def test_empty_reference_in_batch_equals_per_utterance_sum(kind):
+    teacher, student = _model(0), _model(1)
+    enc, lens, _, _ = _batch()
+    seqs = [[3, 5], [], [4]]
+    params = _params(kd_prune_range=4, kd_node_weights=kind)
+
+    def run(idx):
+        y = [seqs[i] for i in idx]
+        U = max(map(len, y))
+        y_padded = torch.zeros(len(idx), U, dtype=torch.int64)
+        for b, s in enumerate(y):
+            y_padded[b, : len(s)] = torch.tensor(s, dtype=torch.int64)
+        y_lens = torch.tensor([len(s) for s in y])
+        e, n = enc[idx], lens[idx]
+        t_out, s_out = _outputs(teacher, student, e, e, n, y_padded, y_lens)
+        return compute_kd_losses(teacher, student, t_out, s_out, y_padded, y_lens, params)["kd"]
+
+    whole = run([0, 1, 2])
+    parts = sum(run([i]).item() for i in range(3))
+    assert torch.isfinite(whole) and whole.item() == pytest.approx(parts, rel=1e-4)
