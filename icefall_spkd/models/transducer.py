@@ -121,7 +121,8 @@ class Transducer(nn.Module):
         prune_range: int = 5,
         am_scale: float = 0.0,
         lm_scale: float = 0.0,
-    ) -> tuple[Tensor, Tensor]:
+        return_outputs: bool = False,
+    ) -> tuple[Tensor, Tensor] | TransducerOutputs:
         """Training losses.
 
         Args:
@@ -131,14 +132,20 @@ class Transducer(nn.Module):
           prune_range: symbols kept per frame by the pruned loss.
           am_scale: ``am_only_scale`` of the smoothed simple loss.
           lm_scale: ``lm_only_scale`` of the smoothed simple loss.
+          return_outputs: return the whole :class:`TransducerOutputs` instead
+            (used by KD; going through ``forward`` keeps a DDP wrapper in charge
+            of gradient synchronisation).
         Returns:
-          ``(simple_loss, pruned_loss)``, scalars summed over the batch, float32.
+          ``(simple_loss, pruned_loss)``, scalars summed over the batch, float32;
+          or the :class:`TransducerOutputs` when ``return_outputs``.
         """
         encoder_out, encoder_out_lens = self.forward_encoder(x, x_lens)
         y_padded, y_lens = pad_token_ids(y, pad_id=self.blank_id, device=encoder_out.device)
         out = self.transducer_outputs(
             encoder_out, encoder_out_lens, y_padded, y_lens, prune_range, am_scale, lm_scale
         )
+        if return_outputs:
+            return out
         return out.simple_loss, out.pruned_loss
 
     def forward_encoder(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,326 @@
+#!/usr/bin/env python3
+"""Train and decode every row of the SP-KD comparison table, then write RESULTS.md.
+
+Usage (from egs/librispeech/ASR, after ./prepare.sh)::
+
+    # the full table (rows of ../shared/docs/SPKD.md), one seed
+    ./local/run_table.py --exp-root table --num-epochs 6
+
+    # a reduced table (what `make demo` runs)
+    ./local/run_table.py --rows teacher,baseline,pkd,spkd-n2 --exp-root demo_exp \
+        --results demo_exp/RESULTS.md
+
+    # extra seeds for the rows whose spread matters
+    ./local/run_table.py --seeds 42 --extra-seeds 43,44 --extra-seed-rows baseline,spkd-n2
+
+Every run lives in ``<exp-root>/<row>/seed-<seed>/``. The teacher is trained
+once (first seed) and every student row distils from its final epoch. The
+driver is resumable: a run with a ``result.json`` is skipped, a training run
+that stopped part-way resumes from its newest ``epoch-N.pt`` or
+``checkpoint-<batch>.pt``, and decoding is redone only where its ``errs-*``
+file is missing. Wall-clock training time is accumulated across resumptions
+in ``train_time.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from icefall_spkd.results_table import (
+    TABLE_ROWS,
+    load_results,
+    parse_errs_file,
+    plot_chart,
+    render_markdown,
+    summarise,
+)
+
+RECIPE = Path(__file__).resolve().parent.parent
+TEST_SETS = ["dev", "test-clean", "test-other"]
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", default=",".join(TABLE_ROWS), help="comma-separated row keys")
+    p.add_argument("--exp-root", type=Path, default=Path("table"))
+    p.add_argument("--results", type=Path, default=None, help="default: <exp-root>/RESULTS.md")
+    p.add_argument("--chart", type=Path, default=None, help="default: next to --results, .png")
+    p.add_argument("--seeds", default="42", help="seeds for every row (the teacher uses the first)")
+    p.add_argument("--extra-seeds", default="", help="more seeds, only for --extra-seed-rows")
+    p.add_argument("--extra-seed-rows", default="baseline,spkd-n2")
+    p.add_argument("--teacher-preset", default="small")
+    p.add_argument("--student-preset", default="tiny")
+    p.add_argument("--teacher-epochs", type=int, default=None, help="default: --num-epochs")
+    p.add_argument("--num-epochs", type=int, default=6)
+    p.add_argument("--avg", type=int, default=2, help="decode: average the last N epochs")
+    p.add_argument("--max-duration", type=float, default=200.0)
+    p.add_argument("--bpe-model", default="data/lang_bpe_500/bpe.model")
+    p.add_argument("--kd-scale", type=float, default=0.5, help="lambda")
+    p.add_argument("--kd-sampling-scale", type=float, default=1.0, help="rho")
+    p.add_argument("--kd-temperature", type=float, default=1.0)
+    p.add_argument("--kd-prune-range", type=int, default=5)
+    p.add_argument("--kd-sample-temperature", type=float, default=1.0)
+    p.add_argument(
+        "--decoding-methods", default="modified_beam_search,greedy_search", help="comma-separated"
+    )
+    p.add_argument("--test-sets", default=",".join(TEST_SETS))
+    p.add_argument("--train-args", default="", help="extra train.py arguments for every row")
+    p.add_argument("--title", default="SP-KD comparison")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    return p
+
+
+def _python() -> str:
+    return sys.executable
+
+
+def _latest(exp_dir: Path, pattern: str, regex: str) -> int:
+    best = 0
+    for f in exp_dir.glob(pattern):
+        m = re.fullmatch(regex, f.name)
+        if m:
+            best = max(best, int(m.group(1)))
+    return best
+
+
+def _run(cmd: List[str], dry_run: bool, log_file: Optional[Path] = None) -> None:
+    logging.info("$ " + " ".join(shlex.quote(c) for c in cmd))
+    if dry_run:
+        return
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "a") as f:
+            proc = subprocess.run(cmd, cwd=RECIPE, stdout=f, stderr=subprocess.STDOUT)
+    else:
+        proc = subprocess.run(cmd, cwd=RECIPE)
+    if proc.returncode != 0:
+        where = f"; see {log_file}" if log_file else ""
+        raise SystemExit(f"command failed with exit code {proc.returncode}{where}: {' '.join(cmd)}")
+
+
+def train(args, key: str, seed: int, exp_dir: Path, teacher_ckpt: Optional[Path]) -> None:
+    """Train (or resume) one row; accumulate its wall time in train_time.json."""
+    row = TABLE_ROWS[key]
+    epochs = (args.teacher_epochs or args.num_epochs) if row.is_teacher else args.num_epochs
+    done_epoch = _latest(exp_dir, "epoch-*.pt", r"epoch-(\d+)\.pt")
+    if done_epoch >= epochs:
+        return
+    cmd = [
+        _python(), "spkd_transducer/train.py",
+        "--exp-dir", str(exp_dir),
+        "--num-epochs", str(epochs),
+        "--seed", str(seed),
+        "--max-duration", str(args.max_duration),
+        "--bpe-model", args.bpe_model,
+        "--model-preset", args.teacher_preset if row.is_teacher else args.student_preset,
+    ]  # fmt: skip
+    # Resume from the newest state: a mid-epoch checkpoint newer than the last epoch, or the epoch.
+    last_batch = _latest(exp_dir, "checkpoint-*.pt", r"checkpoint-(\d+)\.pt")
+    epoch_file = exp_dir / f"epoch-{done_epoch}.pt"
+    batch_file = exp_dir / f"checkpoint-{last_batch}.pt"
+    if last_batch and (not epoch_file.exists() or batch_file.stat().st_mtime > epoch_file.stat().st_mtime):
+        cmd += ["--start-batch", str(last_batch)]
+    elif done_epoch:
+        cmd += ["--start-epoch", str(done_epoch + 1)]
+    if row.uses_teacher:
+        assert teacher_ckpt is not None
+        cmd += [
+            "--teacher-checkpoint", str(teacher_ckpt),
+            "--kd-scale", str(args.kd_scale),
+            "--kd-sampling-scale", str(args.kd_sampling_scale),
+            "--kd-temperature", str(args.kd_temperature),
+            "--kd-prune-range", str(args.kd_prune_range),
+            "--kd-sample-temperature", str(args.kd_sample_temperature),
+            *row.train_flags,
+        ]  # fmt: skip
+    cmd += shlex.split(args.train_args)
+    t0 = time.time()
+    _run(cmd, args.dry_run, exp_dir / "driver-train.log")
+    if args.dry_run:
+        return
+    tfile = exp_dir / "train_time.json"
+    spent = json.loads(tfile.read_text())["seconds"] if tfile.exists() else 0.0
+    tfile.write_text(json.dumps({"seconds": spent + time.time() - t0}))
+
+
+def decode(args, key: str, exp_dir: Path, method: str, test_sets: List[str]) -> Dict[str, Any]:
+    """Decode one row with one method (skipped when its errs files exist); parse them."""
+    row = TABLE_ROWS[key]
+    epochs = (args.teacher_epochs or args.num_epochs) if row.is_teacher else args.num_epochs
+    avg = min(args.avg, epochs)
+    suffix = f"epoch-{epochs}-avg-{avg}-use-averaged-model"
+    if method == "modified_beam_search":
+        suffix += "-beam-size-4"
+    out = exp_dir / method
+    wanted = {s: out / f"errs-{s}-{suffix}.txt" for s in test_sets}
+    missing = [s for s, f in wanted.items() if not f.exists()]
+    if missing:
+        cmd = [
+            _python(), "spkd_transducer/decode.py",
+            "--exp-dir", str(exp_dir),
+            "--epoch", str(epochs),
+            "--avg", str(avg),
+            "--use-averaged-model", "true",
+            "--decoding-method", method,
+            "--beam-size", "4",
+            "--max-duration", str(args.max_duration),
+            "--bpe-model", args.bpe_model,
+            "--model-preset", args.teacher_preset if row.is_teacher else args.student_preset,
+            "--test-sets", *missing,
+        ]  # fmt: skip
+        _run(cmd, args.dry_run, exp_dir / "driver-decode.log")
+    if args.dry_run:
+        return {}
+    return {s: parse_errs_file(f) for s, f in wanted.items()}
+
+
+def export_teacher(args, exp_dir: Path) -> None:
+    """Average the teacher's last --avg epochs into pretrained.pt (skipped if present)."""
+    if (exp_dir / "pretrained.pt").exists():
+        return
+    epochs = args.teacher_epochs or args.num_epochs
+    cmd = [
+        _python(), "spkd_transducer/export.py",
+        "--exp-dir", str(exp_dir),
+        "--epoch", str(epochs),
+        "--avg", str(min(args.avg, epochs)),
+        "--use-averaged-model", "true",
+        "--model-preset", args.teacher_preset,
+        "--bpe-model", args.bpe_model,
+    ]  # fmt: skip
+    _run(cmd, args.dry_run, exp_dir / "driver-export.log")
+
+
+def count_params(exp_dir: Path, epoch: int) -> int:
+    ckpt = torch.load(exp_dir / f"epoch-{epoch}.pt", map_location="cpu", weights_only=False)
+    return sum(v.numel() for v in ckpt["model"].values())
+
+
+def num_batches(exp_dir: Path, epoch: int) -> int:
+    ckpt = torch.load(exp_dir / f"epoch-{epoch}.pt", map_location="cpu", weights_only=False)
+    return int(ckpt.get("batch_idx_train", 0))
+
+
+def provenance() -> str:
+    """Command, date, machine and git revision, for the top of RESULTS.md."""
+    import datetime
+    import os
+    import platform
+
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=RECIPE, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=RECIPE, capture_output=True, text=True,
+        ).stdout.strip()
+        rev = rev + (" (with uncommitted changes)" if dirty else "")
+    except OSError:
+        rev = "unknown"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        machine = f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    else:
+        machine = f"{cpu}, {os.cpu_count()} cores, no GPU, torch {torch.__version__}"
+    cmd = " ".join(shlex.quote(a) for a in sys.argv)
+    return (
+        f"- command (from egs/librispeech/ASR): `{cmd}`\n"
+        f"- finished: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}\n"
+        f"- machine: {machine}\n"
+        f"- git revision: {rev}\n"
+    )
+
+
+def main() -> None:
+    args = get_parser().parse_args()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in rows if r not in TABLE_ROWS]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; choose from {list(TABLE_ROWS)}")
+    test_sets = [s for s in args.test_sets.split(",") if s]
+    methods = [m for m in args.decoding_methods.split(",") if m]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    extra = [int(s) for s in args.extra_seeds.split(",") if s]
+    extra_rows = set(args.extra_seed_rows.split(","))
+    exp_root = args.exp_root if args.exp_root.is_absolute() else RECIPE / args.exp_root
+
+    teacher_dir = exp_root / "teacher" / f"seed-{seeds[0]}"
+    teacher_epochs = args.teacher_epochs or args.num_epochs
+    # Students distil from the teacher's exported averaged model, the same
+    # weights its WER is measured with (see export_teacher).
+    teacher_ckpt = teacher_dir / "pretrained.pt"
+    needs_teacher = any(TABLE_ROWS[r].uses_teacher for r in rows)
+    if needs_teacher and "teacher" not in rows:
+        rows = ["teacher"] + rows
+    order = ["teacher"] + [r for r in rows if r != "teacher"] if "teacher" in rows else rows
+
+    for key in order:
+        row_seeds = seeds[:1] if key == "teacher" else seeds + (extra if key in extra_rows else [])
+        for seed in row_seeds:
+            exp_dir = exp_root / key / f"seed-{seed}"
+            result_file = exp_dir / "result.json"
+            if result_file.exists():
+                logging.info(f"{key} seed {seed}: done already ({result_file})")
+                continue
+            logging.info(f"=== {key} seed {seed}")
+            train(args, key, seed, exp_dir, teacher_ckpt)
+            if key == "teacher":
+                export_teacher(args, exp_dir)
+            wer = {m: decode(args, key, exp_dir, m, test_sets) for m in methods}
+            if args.dry_run:
+                continue
+            epochs = teacher_epochs if key == "teacher" else args.num_epochs
+            result = {
+                "row": key,
+                "seed": seed,
+                "params": count_params(exp_dir, epochs),
+                "num_batches": num_batches(exp_dir, epochs),
+                "train_seconds": json.loads((exp_dir / "train_time.json").read_text())["seconds"],
+                "wer": wer,
+            }
+            tmp = result_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=2))
+            tmp.replace(result_file)
+
+    if args.dry_run:
+        return
+    results = load_results(exp_root, order)
+    results_md = args.results or exp_root / "RESULTS.md"
+    results_md = results_md if results_md.is_absolute() else RECIPE / results_md
+    chart = args.chart or results_md.with_suffix(".png")
+    chart = chart if chart.is_absolute() else RECIPE / chart
+    parts = []
+    for m in methods:
+        summary = summarise(results, m, test_sets)
+        parts.append(f"### {m}\n\n" + render_markdown(summary, order, test_sets))
+        if m == methods[0]:
+            plot_chart(summary, order, test_sets, chart, f"{args.title} ({m})")
+    table = "\n".join(parts)
+    results_md.parent.mkdir(parents=True, exist_ok=True)
+    results_md.write_text(f"# {args.title}\n\n{provenance()}\n{table}\n")
+    print(table)
+    logging.info(f"Wrote {results_md} and {chart}")
+
+
+if __name__ == "__main__":
+    main()

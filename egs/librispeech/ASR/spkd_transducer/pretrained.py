@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Transcribe sound files with an exported ``pretrained.pt``.
+
+Usage::
+
+    ./spkd_transducer/pretrained.py --checkpoint spkd_transducer/exp/pretrained.pt \\
+        --bpe-model data/lang_bpe_500/bpe.model --method greedy_search \\
+        a.flac b.wav
+
+Audio is read with lhotse (any format it supports), mixed to its first
+channel and resampled to 16 kHz when needed. Features are 80-dim fbank from
+:mod:`icefall_spkd.features`: kaldifeat when installed, otherwise lhotse's
+Fbank with the same options. Prints ``<file>: <transcript>`` per file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from icefall_spkd.checkpoint import CheckpointError, _torch_load, load_state_dict_strict
+from icefall_spkd.decoding import DECODING_METHODS
+from icefall_spkd.features import FBANK_OPTIONS, make_fbank_extractor
+from icefall_spkd.models.presets import build_model
+from icefall_spkd.search import greedy_search_batch, modified_beam_search
+from icefall_spkd.utils import AttributeDict
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="pretrained.pt from export.py")
+    parser.add_argument("--bpe-model", type=str, required=True)
+    parser.add_argument("--method", type=str, default="greedy_search", choices=DECODING_METHODS)
+    parser.add_argument("--beam-size", type=int, default=4)
+    parser.add_argument("--extractor", type=str, default="auto", choices=["auto", "kaldifeat", "lhotse"])
+    parser.add_argument("sound_files", type=Path, nargs="+", help="Audio files to transcribe.")
+    return parser
+
+
+def read_features(path: Path, extractor) -> torch.Tensor:
+    """(T, 80) fbank of the first channel of ``path`` at 16 kHz."""
+    from lhotse import Recording
+
+    if not path.is_file():
+        raise FileNotFoundError(f"Sound file not found: {path}")
+    rec = Recording.from_file(path)
+    sr = FBANK_OPTIONS["sampling_rate"]
+    if rec.sampling_rate != sr:
+        rec = rec.resample(sr)
+    try:
+        samples = rec.load_audio()[0]
+    except ImportError as e:  # lhotse resamples with scipy (or torchaudio)
+        raise RuntimeError(
+            f"{path}: cannot resample {Recording.from_file(path).sampling_rate} Hz audio to "
+            f"{sr} Hz ({e}); install scipy or convert the file to {sr} Hz first "
+            f"(e.g. sox {path} -r {sr} out.wav)"
+        ) from e
+    return torch.as_tensor(extractor.extract(samples, sr), dtype=torch.float32)
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = get_parser().parse_args(argv)
+    import sentencepiece as spm
+
+    ckpt = _torch_load(args.checkpoint)
+    if "params" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"{args.checkpoint} is not a file written by export.py (needs 'model' and 'params')")
+    params = AttributeDict(ckpt["params"])
+    sp = spm.SentencePieceProcessor()
+    sp.load(args.bpe_model)
+    if sp.get_piece_size() != params.get("vocab_size", sp.get_piece_size()):
+        raise ValueError(
+            f"{args.bpe_model} has {sp.get_piece_size()} pieces but {args.checkpoint} was "
+            f"trained with vocab_size={params.vocab_size}"
+        )
+    model = build_model(params)
+    load_state_dict_strict(model, ckpt["model"], strict=True, what=str(args.checkpoint))
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    model.to(device).eval()
+
+    extractor = make_fbank_extractor(args.extractor)
+    feats = [read_features(p, extractor) for p in args.sound_files]
+    x_lens = torch.tensor([f.size(0) for f in feats], dtype=torch.int64)
+    x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True, padding_value=-23.0259)  # log(1e-10)
+    encoder_out, encoder_out_lens = model.forward_encoder(x.to(device), x_lens.to(device))
+    if args.method == "greedy_search":
+        hyps = greedy_search_batch(model, encoder_out, encoder_out_lens)
+    else:
+        hyps = modified_beam_search(model, encoder_out, encoder_out_lens, beam=args.beam_size)
+    for path, h in zip(args.sound_files, hyps):
+        print(f"{path}: {sp.decode(list(h))}")
+
+
+if __name__ == "__main__":
+    main()

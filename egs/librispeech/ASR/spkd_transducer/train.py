@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Train a pruned stateless transducer (icefall-style recipe script).
+
+Usage (from egs/librispeech/ASR)::
+
+    # one process (CPU or one GPU)
+    ./spkd_transducer/train.py --world-size 1 --num-epochs 30 --start-epoch 1 \\
+        --exp-dir spkd_transducer/exp --model-preset small --max-duration 300
+
+    # 4 GPUs with DDP (nccl); on CPU, several processes use gloo
+    ./spkd_transducer/train.py --world-size 4 --num-epochs 30 --exp-dir spkd_transducer/exp
+
+    # resume: from the end of epoch 3 ...
+    ./spkd_transducer/train.py --start-epoch 4 ...
+    # ... or exactly from checkpoint-12000.pt (same epoch, next batch)
+    ./spkd_transducer/train.py --start-batch 12000 ...
+
+Knowledge distillation (SP-KD, docs/SPKD.md) from a trained teacher of the
+same BPE model (its architecture is read from the file)::
+
+    # PKD (pruned KD on the reference only)
+    ./spkd_transducer/train.py --exp-dir spkd_transducer/exp_pkd --model-preset small \
+        --teacher-checkpoint spkd_transducer/exp_teacher/epoch-30.pt \
+        --kd-loss pkd --kd-sampler none --kd-scale 0.5
+    # SP-KD (PKD + teacher-sampled sequences, N = 2)
+    ./spkd_transducer/train.py --exp-dir spkd_transducer/exp_spkd --model-preset small \
+        --teacher-checkpoint spkd_transducer/exp_teacher/epoch-30.pt \
+        --kd-loss pkd --kd-sampler teacher --kd-num-samples 2 --kd-scale 0.5 --kd-sampling-scale 1.0
+
+Outputs in ``--exp-dir``: ``epoch-N.pt``, ``checkpoint-<batch>.pt`` (the last
+``--keep-last-k``), ``log/log-train-*`` and ``tensorboard/``.
+
+``--use-fp16``/``--use-bf16`` only apply on CUDA; on CPU they are ignored with
+a warning and training runs in float32.
+
+The training loop lives in :mod:`icefall_spkd.training`; see its docstring for
+the loss-scale warm-up and the exact-resume rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from icefall_spkd.data import AsrDataModule
+from icefall_spkd.models.presets import add_model_arguments
+from icefall_spkd.teacher import add_kd_arguments as _add_kd_arguments
+from icefall_spkd.training import run
+from icefall_spkd.utils import str2bool
+
+
+def add_kd_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--teacher-checkpoint``, ``--teacher-*`` and the ``--kd-*`` options.
+
+    Defined in :func:`icefall_spkd.teacher.add_kd_arguments`; they become
+    ``params.teacher_*`` / ``params.kd_*`` and are used by
+    ``icefall_spkd.training.load_teacher`` and ``compute_loss``.
+    """
+    _add_kd_arguments(parser)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """All training options (model and data options are added by their modules)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    g = parser.add_argument_group("Training")
+    g.add_argument("--world-size", type=int, default=1, help="Number of DDP processes.")
+    g.add_argument("--master-port", type=int, default=12354, help="DDP master port.")
+    g.add_argument("--tensorboard", type=str2bool, default=True, help="Write tensorboard logs.")
+    g.add_argument("--num-epochs", type=int, default=30, help="Train up to this epoch (1-based).")
+    g.add_argument(
+        "--start-epoch",
+        type=int,
+        default=1,
+        help="Resume from exp-dir/epoch-(N-1).pt when > 1.",
+    )
+    g.add_argument(
+        "--start-batch",
+        type=int,
+        default=0,
+        help="Resume exactly from exp-dir/checkpoint-N.pt when > 0 (overrides --start-epoch).",
+    )
+    g.add_argument("--exp-dir", type=Path, default=Path("spkd_transducer/exp"))
+    g.add_argument("--bpe-model", type=str, default="data/lang_bpe_500/bpe.model")
+    g.add_argument("--base-lr", type=float, default=3e-3, help="Peak learning rate (AdamW).")
+    g.add_argument("--weight-decay", type=float, default=1e-6, help="AdamW weight decay.")
+    g.add_argument(
+        "--lr-batches",
+        type=float,
+        default=5000,
+        help="Eden: batches after which the lr has decayed noticeably.",
+    )
+    g.add_argument(
+        "--lr-epochs",
+        type=float,
+        default=6,
+        help="Eden: epochs after which the lr has decayed noticeably.",
+    )
+    g.add_argument(
+        "--lr-warmup-batches",
+        type=float,
+        default=500,
+        help="Linear lr warm-up from 0.5x over this many batches (0: none).",
+    )
+    g.add_argument("--prune-range", type=int, default=5, help="Pruned RNN-T range per frame.")
+    g.add_argument("--lm-scale", type=float, default=0.25, help="Smoothing: LM part of the simple loss.")
+    g.add_argument("--am-scale", type=float, default=0.0, help="Smoothing: AM part of the simple loss.")
+    g.add_argument(
+        "--simple-loss-scale",
+        type=float,
+        default=0.5,
+        help="Final scale of the simple loss (after --warm-step).",
+    )
+    g.add_argument(
+        "--warm-step",
+        type=int,
+        default=2000,
+        help="Batches over which the loss scales move to their final values.",
+    )
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--use-fp16", type=str2bool, default=False, help="fp16 autocast (CUDA only).")
+    g.add_argument("--use-bf16", type=str2bool, default=False, help="bf16 autocast (CUDA only).")
+    g.add_argument(
+        "--save-every-n",
+        type=int,
+        default=4000,
+        help="Write checkpoint-<batch>.pt every N batches.",
+    )
+    g.add_argument("--keep-last-k", type=int, default=30, help="Keep the newest K checkpoint-*.pt.")
+    g.add_argument(
+        "--average-period",
+        type=int,
+        default=200,
+        help="Update the running-average model every N batches.",
+    )
+    g.add_argument(
+        "--valid-interval",
+        type=int,
+        default=3000,
+        help="Validation every N batches (plus once per epoch); 0: per epoch only.",
+    )
+    g.add_argument("--log-interval", type=int, default=50, help="Log every N batches.")
+    g.add_argument(
+        "--max-bad-batches",
+        type=int,
+        default=20,
+        help="Abort after this many consecutive batches with a non-finite loss.",
+    )
+    add_kd_arguments(parser)
+    add_model_arguments(parser)
+    AsrDataModule.add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_parser().parse_args(argv)
+    args.exp_dir = Path(args.exp_dir)
+    if args.world_size < 1:
+        sys.exit(f"--world-size must be >= 1, got {args.world_size}")
+    if args.world_size > 1:
+        if torch.cuda.is_available() and torch.cuda.device_count() < args.world_size:
+            sys.exit(
+                f"--world-size {args.world_size} but only {torch.cuda.device_count()} GPUs"
+            )
+        torch.multiprocessing.spawn(run, args=(args.world_size, args), nprocs=args.world_size, join=True)
+    else:
+        run(rank=0, world_size=1, args=args)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    main()

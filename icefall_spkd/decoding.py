@@ -1,0 +1,212 @@
+"""Helpers behind ``spkd_transducer/decode.py``, ``export.py`` and ``pretrained.py``.
+
+- :func:`add_averaging_arguments` / :func:`load_averaged_weights`: icefall's
+  ``--epoch/--iter/--avg/--use-averaged-model`` rules for choosing and
+  averaging checkpoints.
+- :func:`decode_one_batch` / :func:`decode_dataset`: run the encoder and a
+  search method over a DataLoader.
+- :func:`save_results`: write ``recogs-*``, ``errs-*`` and ``wer-summary-*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from icefall_spkd.checkpoint import (
+    CheckpointError,
+    average_checkpoints,
+    average_checkpoints_with_averaged_model,
+    find_checkpoints,
+    load_state_dict_strict,
+)
+from icefall_spkd.utils import AttributeDict, str2bool
+
+DECODING_METHODS = ("greedy_search", "modified_beam_search")
+
+
+def add_averaging_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--epoch``, ``--iter``, ``--avg``, ``--use-averaged-model``, ``--exp-dir``, ``--bpe-model``."""
+    g = parser.add_argument_group("Checkpoint selection")
+    g.add_argument("--epoch", type=int, default=30, help="Use the model after this epoch.")
+    g.add_argument(
+        "--iter",
+        type=int,
+        default=0,
+        help="If > 0, use checkpoint-<iter>.pt (and older ones for --avg) instead of --epoch.",
+    )
+    g.add_argument("--avg", type=int, default=1, help="Number of checkpoints to average.")
+    g.add_argument(
+        "--use-averaged-model",
+        type=str2bool,
+        default=False,
+        help="Average with the running-average models stored in the checkpoints: the "
+        "mean over the --avg epochs (or iterations) ending at --epoch (--iter), from the "
+        "two files at its ends.",
+    )
+    g.add_argument("--exp-dir", type=Path, default=Path("spkd_transducer/exp"))
+    g.add_argument("--bpe-model", type=str, default="data/lang_bpe_500/bpe.model")
+
+
+def averaging_suffix(params: AttributeDict) -> str:
+    """``epoch-N-avg-K`` or ``iter-N-avg-K``, plus ``-use-averaged-model``."""
+    s = f"iter-{params.iter}-avg-{params.avg}" if params.iter > 0 else f"epoch-{params.epoch}-avg-{params.avg}"
+    if params.use_averaged_model:
+        s += "-use-averaged-model"
+    return s
+
+
+def load_averaged_weights(params: AttributeDict) -> Dict[str, torch.Tensor]:
+    """The state dict chosen by the averaging options (see :func:`add_averaging_arguments`).
+
+    Without ``--use-averaged-model``: the plain mean of the ``model`` entries of
+    ``epoch-(E-avg+1) .. epoch-E`` (or the ``avg`` newest ``checkpoint-*.pt`` up
+    to ``--iter``). With it: the mean over the interval between
+    ``epoch-(E-avg)`` and ``epoch-E`` (or between the (avg+1)-th newest and the
+    newest checkpoint) computed from their running averages.
+    """
+    exp_dir = Path(params.exp_dir)
+    if params.avg < 1:
+        raise ValueError(f"--avg must be >= 1, got {params.avg}")
+    if params.iter > 0:
+        need = params.avg + 1 if params.use_averaged_model else params.avg
+        files = find_checkpoints(exp_dir, iteration=-params.iter)[:need]
+        if len(files) < need:
+            raise CheckpointError(
+                f"Need {need} checkpoint-*.pt files at or before iteration {params.iter} in "
+                f"{exp_dir} for --avg {params.avg}"
+                + (" with --use-averaged-model" if params.use_averaged_model else "")
+                + f", found {len(files)}: {files}"
+            )
+        if params.use_averaged_model:
+            logging.info(f"Averaging (running averages) between {files[-1]} and {files[0]}")
+            return average_checkpoints_with_averaged_model(files[-1], files[0])
+        logging.info(f"Averaging {files}")
+        return average_checkpoints(files)
+
+    if params.use_averaged_model:
+        start = params.epoch - params.avg
+        if start < 1:
+            raise ValueError(
+                f"--use-averaged-model needs --epoch > --avg (epoch-{start}.pt is the start "
+                f"point), got --epoch {params.epoch} --avg {params.avg}"
+            )
+        f_start = exp_dir / f"epoch-{start}.pt"
+        f_end = exp_dir / f"epoch-{params.epoch}.pt"
+        logging.info(f"Averaging (running averages) between {f_start} and {f_end}")
+        return average_checkpoints_with_averaged_model(f_start, f_end)
+
+    first = params.epoch - params.avg + 1
+    if first < 1:
+        raise ValueError(f"--epoch {params.epoch} --avg {params.avg}: would need epoch-{first}.pt")
+    files = [exp_dir / f"epoch-{e}.pt" for e in range(first, params.epoch + 1)]
+    logging.info(f"Averaging {[str(f) for f in files]}")
+    return average_checkpoints(files)
+
+
+def load_model_weights(model: nn.Module, params: AttributeDict) -> None:
+    """Average as :func:`load_averaged_weights` says and load strictly into ``model``."""
+    sd = load_averaged_weights(params)
+    load_state_dict_strict(model, sd, strict=True, what=f"averaged checkpoints ({averaging_suffix(params)})")
+
+
+def _input_order(batch: Dict[str, Any]) -> Tuple[torch.Tensor, List[str], List[str]]:
+    """Feature lengths, reference texts and cut ids in the row order of ``batch['inputs']``."""
+    sup = batch["supervisions"]
+    n = batch["inputs"].size(0)
+    idx = torch.as_tensor(sup.get("sequence_idx", torch.arange(n)), dtype=torch.int64).tolist()
+    lens = torch.full((n,), batch["inputs"].size(1), dtype=torch.int64)
+    if sup.get("num_frames") is not None:
+        lens[idx] = torch.as_tensor(sup["num_frames"], dtype=torch.int64)
+    texts = [""] * n
+    ids = [f"utt-{i}" for i in range(n)]
+    cuts = sup.get("cut")
+    for j, i in enumerate(idx):
+        texts[i] = sup["text"][j]
+        if cuts is not None:
+            ids[i] = cuts[j].id
+    return lens, texts, ids
+
+
+@torch.no_grad()
+def decode_one_batch(
+    params: AttributeDict, model: nn.Module, sp: Any, batch: Dict[str, Any]
+) -> Tuple[List[str], List[str], List[str]]:
+    """Decode a batch; returns ``(cut_ids, ref_texts, hyp_texts)`` in input order."""
+    from icefall_spkd.search import greedy_search_batch, modified_beam_search
+
+    device = next(model.parameters()).device
+    x = batch["inputs"].to(device)
+    x_lens, refs, ids = _input_order(batch)
+    encoder_out, encoder_out_lens = model.forward_encoder(x, x_lens.to(device))
+    if params.decoding_method == "greedy_search":
+        hyp_tokens = greedy_search_batch(model, encoder_out, encoder_out_lens)
+    elif params.decoding_method == "modified_beam_search":
+        hyp_tokens = modified_beam_search(model, encoder_out, encoder_out_lens, beam=params.beam_size)
+    else:
+        raise ValueError(
+            f"Unknown --decoding-method {params.decoding_method!r}; use one of {DECODING_METHODS}"
+        )
+    hyps = [sp.decode(list(t)) for t in hyp_tokens]
+    return ids, refs, hyps
+
+
+def decode_dataset(
+    params: AttributeDict,
+    model: nn.Module,
+    sp: Any,
+    dl: Any,
+    desc: str = "",
+) -> List[Tuple[str, List[str], List[str]]]:
+    """Decode every batch of ``dl`` with a progress bar; ``(cut_id, ref_words, hyp_words)``."""
+    from tqdm import tqdm
+
+    results: List[Tuple[str, List[str], List[str]]] = []
+    for batch in tqdm(dl, desc=desc, unit="batch", leave=False):
+        ids, refs, hyps = decode_one_batch(params, model, sp, batch)
+        results.extend((i, r.split(), h.split()) for i, r, h in zip(ids, refs, hyps))
+    return results
+
+
+def save_results(
+    params: AttributeDict,
+    test_set: str,
+    results: Sequence[Tuple[str, List[str], List[str]]],
+    out_dir: Path,
+    suffix: str,
+    key: str,
+) -> Tuple[float, Dict[str, Path]]:
+    """Write recogs/errs/wer-summary for one test set; returns ``(wer, paths)``."""
+    from icefall_spkd.wer import write_error_stats, write_recogs, write_wer_summary
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "recogs": out_dir / f"recogs-{test_set}-{suffix}.txt",
+        "errs": out_dir / f"errs-{test_set}-{suffix}.txt",
+        "wer_summary": out_dir / f"wer-summary-{test_set}-{suffix}.txt",
+    }
+    write_recogs(paths["recogs"], results)
+    wer = write_error_stats(paths["errs"], f"{test_set}-{key}", results)
+    write_wer_summary(paths["wer_summary"], {key: wer})
+    for name, p in paths.items():
+        logging.info(f"Wrote {name} to {p}")
+    return wer, paths
+
+
+def model_params_for_export(params: AttributeDict, exclude: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Plain-valued params (model hyper-parameters included) to store in ``pretrained.pt``."""
+    skip = set(exclude or ())
+    out: Dict[str, Any] = {}
+    for k, v in params.items():
+        if k in skip:
+            continue
+        if isinstance(v, (int, float, str, bool, type(None))):
+            out[k] = v
+        elif isinstance(v, Path):
+            out[k] = str(v)
+    return out

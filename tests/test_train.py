@@ -1,0 +1,370 @@
+"""End-to-end tests of the recipe scripts on a tiny random corpus.
+
+The corpus (a few seconds of random fbank features with short texts, and a
+tiny unigram BPE model) is built once per session in a temporary
+``egs``-like directory; train.py/decode.py run there as subprocesses with
+``--num-workers 0`` and the ``tiny`` preset shrunk further.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "egs" / "librispeech" / "ASR" / "spkd_transducer"
+
+
+WORDS = ["HELLO", "WORLD", "SPEECH", "MODEL", "TINY", "TEST", "DATA", "CAT", "DOG", "RUN"]
+
+# A very small model so that a CPU step takes milliseconds.
+MODEL_ARGS = [
+    "--model-preset", "tiny",
+    "--encoder-dim", "32",
+    "--num-encoder-layers", "1",
+    "--num-heads", "2",
+    "--feedforward-dim", "64",
+    "--cnn-module-kernel", "3",
+    "--decoder-dim", "32",
+    "--joiner-dim", "32",
+]
+
+
+def _make_cuts(root: Path, part: str, n: int, rng: np.random.Generator) -> List[str]:
+    from lhotse import CutSet, MonoCut, SupervisionSegment
+    from lhotse.features.base import Features
+    from lhotse.features.io import NumpyFilesWriter
+
+    fbank_dir = root / "data" / "fbank"
+    fbank_dir.mkdir(parents=True, exist_ok=True)
+    cuts, texts = [], []
+    with NumpyFilesWriter(fbank_dir / f"feats_{part}") as writer:
+        for i in range(n):
+            num_frames = int(rng.integers(150, 250))
+            dur = num_frames * 0.01
+            feats = rng.normal(size=(num_frames, 80)).astype(np.float32)
+            key = writer.write(f"{part}-{i}", feats)
+            text = " ".join(rng.choice(WORDS, size=int(rng.integers(2, 4))))
+            texts.append(text)
+            cid = f"{part}-{i}"
+            cuts.append(
+                MonoCut(
+                    id=cid,
+                    start=0.0,
+                    duration=dur,
+                    channel=0,
+                    features=Features(
+                        type="fbank",
+                        num_frames=num_frames,
+                        num_features=80,
+                        frame_shift=0.01,
+                        sampling_rate=16000,
+                        start=0.0,
+                        duration=dur,
+                        storage_type=writer.name,
+                        storage_path=str(writer.storage_path),
+                        storage_key=key,
+                        recording_id=cid,
+                        channels=0,
+                    ),
+                    supervisions=[
+                        SupervisionSegment(
+                            id=cid, recording_id=cid, start=0.0, duration=dur, channel=0, text=text
+                        )
+                    ],
+                )
+            )
+    CutSet.from_cuts(cuts).to_file(fbank_dir / f"librispeech_cuts_{part}.jsonl.gz")
+    return texts
+
+
+def _train_bpe(root: Path, texts: List[str]) -> Path:
+    import sentencepiece as spm
+
+    lang = root / "data" / "lang_bpe_30"
+    lang.mkdir(parents=True, exist_ok=True)
+    (lang / "transcript_words.txt").write_text("\n".join(texts) + "\n")
+    spm.SentencePieceTrainer.train(
+        input=str(lang / "transcript_words.txt"),
+        model_prefix=str(lang / "bpe"),
+        model_type="unigram",
+        vocab_size=30,
+        character_coverage=1.0,
+        user_defined_symbols=["<blk>", "<sos/eos>"],
+        unk_id=2,
+        bos_id=-1,
+        eos_id=-1,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    return lang / "bpe.model"
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    pytest.importorskip("icefall_spkd.data", reason="icefall_spkd/data.py is not available")
+    pytest.importorskip("icefall_spkd.models.presets")
+    root = tmp_path_factory.mktemp("egs")
+    rng = np.random.default_rng(0)
+    texts = _make_cuts(root, "train", 12, rng)
+    for part in ("dev", "test-clean", "test-other"):
+        texts += _make_cuts(root, part, 3, rng)
+    _train_bpe(root, texts)
+    return root
+
+
+def _common_args(corpus: Path, exp_dir: Path) -> List[str]:
+    return [
+        "--exp-dir", str(exp_dir),
+        "--bpe-model", str(corpus / "data" / "lang_bpe_30" / "bpe.model"),
+        "--manifest-dir", str(corpus / "data" / "fbank"),
+        "--num-workers", "0",
+        *MODEL_ARGS,
+    ]
+
+
+def _data_args() -> List[str]:
+    """Options of AsrDataModule that make the tiny run deterministic and quick."""
+    out = ["--max-duration", "6"]
+    import argparse
+
+    from icefall_spkd.data import AsrDataModule
+
+    p = argparse.ArgumentParser()
+    AsrDataModule.add_arguments(p)
+    known = {a for action in p._actions for a in action.option_strings}
+    for flag, value in (
+        ("--enable-spec-aug", "true"),  # random, so exact resume is a stronger check
+        ("--spec-aug-time-warp-factor", "20"),
+        ("--bucketing-sampler", "true"),
+        ("--num-buckets", "2"),
+        ("--shuffle", "true"),
+    ):
+        if flag in known:
+            out += [flag, value]
+    return out
+
+
+def _run(script: str, args: List[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, str(RECIPE / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def _train_args(corpus: Path, exp_dir: Path, *extra: str) -> List[str]:
+    return [
+        *_common_args(corpus, exp_dir),
+        *_data_args(),
+        "--world-size", "1",
+        "--num-epochs", "2",
+        "--seed", "7",
+        "--base-lr", "0.002",
+        "--lr-warmup-batches", "0",
+        "--warm-step", "4",
+        "--save-every-n", "3",
+        "--keep-last-k", "20",
+        "--average-period", "1",
+        "--valid-interval", "4",
+        "--log-interval", "1",
+        "--tensorboard", "false",
+        *extra,
+    ]
+
+
+_LOSS_RE = re.compile(r"global_batch (\d+), batch_loss (\S+),")
+
+
+def _batch_losses(exp_dir: Path) -> Dict[int, str]:
+    """global batch -> logged batch loss, over every log file of the run."""
+    out: Dict[int, str] = {}
+    for f in sorted((exp_dir / "log").glob("log-train*")):
+        for m in _LOSS_RE.finditer(f.read_text()):
+            out[int(m.group(1))] = m.group(2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(corpus: Path, tmp_path_factory) -> Path:
+    """One uninterrupted 2-epoch run shared by the resume and decode tests (do not modify)."""
+    full = tmp_path_factory.mktemp("full") / "exp"
+    _run("train.py", _train_args(corpus, full), cwd=corpus)
+    return full
+
+
+@pytest.mark.slow
+def test_resume_from_checkpoint_reproduces_losses(corpus: Path, trained: Path, tmp_path: Path) -> None:
+    full = trained
+    losses_full = _batch_losses(full)
+    n_batches = max(losses_full)
+    assert n_batches >= 6, losses_full
+    assert (full / "epoch-1.pt").is_file() and (full / "epoch-2.pt").is_file()
+    assert (full / "checkpoint-3.pt").is_file()
+
+    # Resume a copy of the run from checkpoint-3.pt (mid epoch 1).
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "checkpoint-3.pt").write_bytes((full / "checkpoint-3.pt").read_bytes())
+    _run("train.py", _train_args(corpus, resumed, "--start-batch", "3"), cwd=corpus)
+    losses_res = _batch_losses(resumed)
+    assert min(losses_res) == 4
+    assert {b: losses_full[b] for b in losses_res} == losses_res
+
+    a = torch.load(full / "epoch-2.pt", weights_only=False)
+    b = torch.load(resumed / "epoch-2.pt", weights_only=False)
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for k, v in a["model_avg"].items():
+        assert torch.allclose(v, b["model_avg"][k], rtol=0, atol=1e-12), k
+    assert a["batch_idx_train"] == b["batch_idx_train"]
+
+
+@pytest.mark.slow
+def test_resume_from_epoch_reproduces_losses(corpus: Path, trained: Path, tmp_path: Path) -> None:
+    full = trained
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "epoch-1.pt").write_bytes((full / "epoch-1.pt").read_bytes())
+    _run("train.py", _train_args(corpus, resumed, "--start-epoch", "2"), cwd=corpus)
+    lf, lr = _batch_losses(full), _batch_losses(resumed)
+    assert lr and {b: lf[b] for b in lr} == lr
+
+
+@pytest.mark.slow
+def test_ddp_two_processes(corpus: Path, tmp_path: Path) -> None:
+    exp = tmp_path / "ddp"
+    args = _train_args(corpus, exp)
+    args[args.index("--world-size") + 1] = "2"
+    args[args.index("--num-epochs") + 1] = "1"
+    args += ["--master-port", str(29500 + os.getpid() % 1000)]
+    _run("train.py", args, cwd=corpus)
+    assert (exp / "epoch-1.pt").is_file()
+    ck = torch.load(exp / "epoch-1.pt", weights_only=False)
+    assert ck["batch_idx_train"] >= 1
+    assert ck["model_avg"] is not None
+    assert list((exp / "log").glob("log-train*"))
+
+
+@pytest.mark.slow
+def test_decode_and_export(corpus: Path, trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    exp = tmp_path / "exp"
+    shutil.copytree(trained, exp)
+    common = _common_args(corpus, exp)
+    for method, extra in (("greedy_search", []), ("modified_beam_search", ["--beam-size", "2"])):
+        _run(
+            "decode.py",
+            [
+                *common,
+                *_data_args(),
+                "--epoch", "2",
+                "--avg", "1",
+                "--use-averaged-model", "true",
+                "--decoding-method", method,
+                "--test-sets", "dev", "test-clean,test-other",
+                *extra,
+            ],
+            cwd=corpus,
+        )
+        out = exp / method
+        suffix = "epoch-2-avg-1-use-averaged-model" + (
+            "-beam-size-2" if method == "modified_beam_search" else ""
+        )
+        for s in ("dev", "test-clean", "test-other"):
+            for kind in ("recogs", "errs", "wer-summary"):
+                assert (out / f"{kind}-{s}-{suffix}.txt").is_file(), (kind, s)
+        assert "ref=" in (out / f"recogs-dev-{suffix}.txt").read_text()
+
+    _run(
+        "export.py",
+        [*common[:4], *MODEL_ARGS, "--epoch", "2", "--avg", "2"],
+        cwd=corpus,
+    )
+    pre = torch.load(exp / "pretrained.pt", weights_only=False)
+    assert set(pre) == {"model", "params"}
+    assert pre["params"]["encoder_dim"] == 32
+
+    import soundfile as sf
+
+    wav = tmp_path / "noise.wav"
+    sf.write(wav, (np.random.default_rng(1).normal(size=16000) * 0.1).astype("float32"), 16000)
+    proc = _run(
+        "pretrained.py",
+        [
+            "--checkpoint", str(exp / "pretrained.pt"),
+            "--bpe-model", common[3],
+            "--method", "modified_beam_search",
+            "--beam-size", "2",
+            str(wav),
+        ],
+        cwd=corpus,
+    )
+    assert f"{wav}:" in proc.stdout
+
+
+class _Cut:
+    def __init__(self, cid: str) -> None:
+        self.id = cid
+
+
+class _NanModel(torch.nn.Module):
+    """Returns a non-finite simple loss for every batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x, x_lens, y, **kw):
+        return self.w.sum() * float("nan"), self.w.sum()
+
+
+class _FakeSP:
+    def encode(self, texts, out_type=int):
+        return [[3] for _ in texts]
+
+
+def test_max_bad_batches_aborts_with_cut_ids(caplog) -> None:
+    from icefall_spkd.optim import Eden, build_optimizer
+    from icefall_spkd.training import TooManyBadBatches, get_params, train_one_epoch
+
+    params = get_params()
+    params.update(
+        sp=_FakeSP(), prune_range=5, am_scale=0.0, lm_scale=0.25, simple_loss_scale=0.5,
+        warm_step=10, use_fp16=False, use_bf16=False, max_bad_batches=2, average_period=100,
+        save_every_n=100, keep_last_k=1, log_interval=100, valid_interval=0, exp_dir=Path("."),
+    )
+    model = _NanModel()
+    opt = build_optimizer(model, lr=1e-3)
+    batches = [
+        {
+            "inputs": torch.zeros(1, 20, 80),
+            "supervisions": {"text": ["A"], "cut": [_Cut(f"bad-{i}")], "sequence_idx": torch.tensor([0]),
+                             "num_frames": torch.tensor([20])},
+        }
+        for i in range(3)
+    ]
+    with pytest.raises(TooManyBadBatches, match="bad-1"):
+        train_one_epoch(
+            params, model, opt, Eden(opt, 10, 2), batches, [], torch.amp.GradScaler("cuda", enabled=False)
+        )
+    assert "bad-0" in caplog.text and "non-finite" in caplog.text
+    assert torch.equal(model.w.detach(), torch.ones(1))  # no update from a bad batch
