@@ -554,8 +554,9 @@ def run(rank: int, world_size: int, args: Any) -> None:
     device = torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    elif world_size > 1:
-        # spawned CPU workers would otherwise each use every core
+        torch.set_num_threads(1)
+    else:
+        # CPU: share the cores among the DDP processes (all of them for one process).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     _resolve_precision(params, device)
     logging.info(f"Device: {device}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
+    # On GPU one CPU thread is enough; on CPU the encoder uses every core.
+    torch.set_num_threads(1 if torch.cuda.is_available() else max(1, os.cpu_count() or 1))
     torch.set_num_interop_threads(1)
     main()

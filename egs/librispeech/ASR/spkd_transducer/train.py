@@ -172,6 +172,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
+    # Threads: one per process on GPU, the cores shared out on CPU (see training.run).
     torch.set_num_interop_threads(1)
     main()
