@@ -17,8 +17,12 @@ Splits and what they measure:
 Text comes from Debian's fortune cookies, split into sentences, normalised
 with :mod:`icefall_spkd.text`, filtered to clean 5-25-word sentences and
 deduplicated; each sentence belongs to exactly one split. Each utterance gets
-a voice, a speaking rate (0.85-1.2) and a pitch factor (0.85-1.15); the TTS
-output is turned into 16 kHz mono 16-bit FLAC by ``sox``.
+a voice, a speaking rate (0.85-1.2) and a pitch factor (0.85-1.15), applied
+by ``sox`` (``speed`` + ``tempo``), which also resamples to 16 kHz mono, pads
+0.05-0.3 s of silence at each end and, for test-other, adds reverb. A white
+noise floor at -70 dBFS (so no frame is digital silence) and, for test-other,
+noise from a ``sox synth`` noise bank at 10-25 dB SNR are added before the
+audio is written as 16-bit FLAC.
 
 Everything is a function of ``seed``: a second build with the same arguments
 gives the same ids, texts and (byte-identical) audio. Each FLAC file carries a
@@ -104,19 +108,21 @@ ESPEAK_VARIANTS = (
 # two whole espeak-ng accents (whose variants no other accent uses).
 HELD_OUT = {"flite": ("awb",), "festival": ("ked_diphone",), "espeak": ("en-029", "en-gb-x-gbcwmd")}
 ENGINE_WEIGHTS = {"flite": 0.4, "festival": 0.3, "espeak": 0.3}
-# Seconds of audio per word at rate 1.0, engine silences included (measured
-# on 200 fortune sentences);
-# used only to decide how many sentences fill ``train_hours``.
+# Seconds of audio per word at rate 1.0, engine silences included (measured on
+# 200 fortune sentences); used only to decide how many sentences fill train_hours.
 SECONDS_PER_WORD = {"flite": 0.32, "festival": 0.365, "espeak": 0.30}
 
 RATE_RANGE = (0.85, 1.2)
 PITCH_RANGE = (0.85, 1.15)
 PAD_RANGE = (0.05, 0.3)  # seconds of silence added before and after speech
-SNR_RANGE_DB = (5.0, 20.0)
+SNR_RANGE_DB = (10.0, 25.0)  # test-other noise, speech power over noise power
+NOISE_FLOOR_DBFS = -70.0  # RMS of white noise under every utterance: no digital silence
 NOISE_KINDS = ("whitenoise", "pinknoise", "brownnoise")
 NOISE_BANK_SECONDS = 60
 UTTS_PER_CHAPTER = 40
 TTS_TIMEOUT_S = 60
+# Bump when the audio processing changes, so resumed builds remake old files.
+AUDIO_RECIPE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,8 @@ class UttPlan:
 
     def fingerprint(self) -> str:
         """Hash of the recipe, stored in the FLAC comment to validate resumed files."""
-        return hashlib.sha1(repr(replace(self, utt_id="", split="")).encode()).hexdigest()[:16]
+        recipe = f"{AUDIO_RECIPE_VERSION} {replace(self, utt_id='', split='')!r}"
+        return hashlib.sha1(recipe.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -368,6 +375,8 @@ def plan_corpus(
     held = [v for v in voices if v.held_out]
     if not seen or not held:
         raise RuntimeError(f"need seen and held-out voices; found {[v.key for v in voices]}")
+    if train_hours <= 0 or dev_utts < 0 or test_utts < 0:
+        raise ValueError(f"bad sizes: {train_hours=} {dev_utts=} {test_utts=}")
     needed = dev_utts + 2 * test_utts + 1
     if len(sentences) < needed:
         raise ValueError(f"only {len(sentences)} sentences; dev+test need {needed - 1} plus train")
@@ -442,18 +451,23 @@ def _ensure_noise_banks(corpus_dir: Path) -> None:
         os.replace(tmp, path)
 
 
-def _add_noise(speech: np.ndarray, d: Degradation, corpus_dir: Path) -> np.ndarray:
-    """Mix a segment of the noise bank into ``speech`` at ``d.snr_db``."""
-    bank, _ = sf.read(_noise_bank_path(corpus_dir, d.noise), dtype="float64")
-    if len(bank) < len(speech):
-        bank = np.tile(bank, math.ceil(len(speech) / len(bank)))
-    start = int(d.noise_offset * (len(bank) - len(speech)))
-    noise = bank[start : start + len(speech)]
-    p_speech = float(np.mean(speech**2))
-    p_noise = float(np.mean(noise**2)) or 1e-12
-    mixed = speech + noise * math.sqrt(p_speech / (p_noise * 10 ** (d.snr_db / 10)))
-    peak = float(np.max(np.abs(mixed)))
-    return mixed * (0.7 / peak) if peak > 0.7 else mixed
+def _add_noise(speech: np.ndarray, plan: UttPlan, corpus_dir: Path) -> np.ndarray:
+    """Add the noise floor and, for test-other, a segment of a noise bank at
+    the planned SNR (mean power over the whole utterance); keep peaks <= -3 dBFS."""
+    rng = np.random.default_rng(int(plan.fingerprint(), 16))
+    out = speech + rng.normal(0.0, 10 ** (NOISE_FLOOR_DBFS / 20), len(speech))
+    d = plan.degradation
+    if d is not None:
+        bank, _ = sf.read(_noise_bank_path(corpus_dir, d.noise), dtype="float64")
+        if len(bank) < len(speech):
+            bank = np.tile(bank, math.ceil(len(speech) / len(bank)))
+        start = int(d.noise_offset * (len(bank) - len(speech)))
+        noise = bank[start : start + len(speech)]
+        p_speech = float(np.mean(speech**2))
+        p_noise = float(np.mean(noise**2)) or 1e-12
+        out += noise * math.sqrt(p_speech / (p_noise * 10 ** (d.snr_db / 10)))
+    peak = float(np.max(np.abs(out), initial=0.0))
+    return out * (0.7 / peak) if peak > 0.7 else out
 
 
 def _check_audio(path: Path, plan: UttPlan) -> float:
@@ -471,8 +485,10 @@ def _check_audio(path: Path, plan: UttPlan) -> float:
     duration = len(audio) / sr
     words = len(plan.text.split())
     speech = duration - plan.pad_start - plan.pad_end
-    if not np.all(np.isfinite(audio)) or float(np.max(np.abs(audio), initial=0.0)) < 1e-3:
-        raise RuntimeError("silent or non-finite audio")
+    if not np.all(np.isfinite(audio)):
+        raise RuntimeError("non-finite audio")
+    if len(audio) == 0 or float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) < 3e-3:
+        raise RuntimeError("silent audio")
     if speech < 0.1 * words:
         raise RuntimeError(f"audio too short: {speech:.2f} s of speech for {words} words")
     if speech > 1.5 * words + 3.0:
@@ -486,28 +502,21 @@ def _partial_path(out: Path) -> Path:
 
 
 def _synthesize_to(plan: UttPlan, out: Path, corpus_dir: Path) -> None:
-    """TTS -> sox -> (noise) -> ``out`` (written atomically)."""
+    """TTS -> sox (prosody, 16 kHz, pads, reverb) -> noise -> FLAC ``out`` (written atomically)."""
     with tempfile.TemporaryDirectory(prefix="tts-") as tmp:
         text_file, raw_wav = os.path.join(tmp, "text.txt"), os.path.join(tmp, "tts.wav")
         Path(text_file).write_text(plan.text.lower() + ".\n")
         _run(_tts_command(plan.voice, text_file, raw_wav))
         if not os.path.isfile(raw_wav) or os.path.getsize(raw_wav) <= 44:
             raise RuntimeError(f"{plan.voice.engine} wrote no audio")
+        processed = os.path.join(tmp, "processed.wav")
+        sox = ["sox", "-R", "-D", raw_wav, "-c", "1", "-e", "floating-point", "-b", "32"]
+        _run(sox + [processed] + _sox_effects(plan))
+        speech, _ = sf.read(processed, dtype="float64")
         partial = _partial_path(out)
-        sox = ["sox", "-R", "-D", raw_wav, "-c", "1"]
-        if plan.degradation is None:
-            sox += ["-b", "16", "--comment", plan.fingerprint(), str(partial)]
-            _run(sox + _sox_effects(plan))
-        else:
-            clean = os.path.join(tmp, "clean.wav")
-            _run(sox + ["-e", "floating-point", "-b", "32", clean] + _sox_effects(plan))
-            speech, _ = sf.read(clean, dtype="float64")
-            mixed = _add_noise(speech, plan.degradation, corpus_dir)
-            with sf.SoundFile(
-                str(partial), "w", SAMPLE_RATE, 1, format="FLAC", subtype="PCM_16"
-            ) as f:
-                f.comment = plan.fingerprint()
-                f.write(mixed)
+        with sf.SoundFile(str(partial), "w", SAMPLE_RATE, 1, format="FLAC", subtype="PCM_16") as f:
+            f.comment = plan.fingerprint()
+            f.write(_add_noise(speech, plan, corpus_dir))
         os.replace(partial, out)
 
 

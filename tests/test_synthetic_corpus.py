@@ -10,6 +10,7 @@ import hashlib
 import logging
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -191,3 +192,18 @@ def test_tts_failures_are_logged_and_left_out(tmp_path, monkeypatch, caplog) -> 
         assert utt_id in caplog.text
     kept = {s.id for split in sc.SPLITS for s in _load(manifests, split)[1]}
     assert kept and not kept & failed_ids
+
+
+def test_files_from_another_recipe_are_not_reused(corpus, monkeypatch) -> None:
+    _, audio, manifests = corpus
+    voices = sc.voice_catalogue(TINY["seed"])
+    args = {k: TINY[k] for k in ("train_hours", "dev_utts", "test_utts", "seed")}
+    plan = sc.plan_corpus(sc.load_sentences(), voices, **args)[0]
+    recs, _ = _load(manifests, plan.split)
+    path = audio / plan.relpath
+    assert sc._check_audio(path, plan) == pytest.approx(recs[plan.utt_id].duration)
+    with pytest.raises(RuntimeError, match="different recipe"):
+        sc._check_audio(path, replace(plan, rate=plan.rate + 0.01))
+    monkeypatch.setattr(sc, "AUDIO_RECIPE_VERSION", sc.AUDIO_RECIPE_VERSION + 1)
+    with pytest.raises(RuntimeError, match="different recipe"):
+        sc._check_audio(path, plan)
