@@ -58,11 +58,26 @@ Choices made where the specification is silent:
   cyclically, so ``L_samp`` is still an average over ``N`` sequences.
 * ``--kd-sampler batch`` uses rotations ``n = 1..N``; when ``n % B == 0`` an
   utterance is paired with its own transcript (as in the authors' code).
+* Cost: the ``N`` sampled sequences of all ``B`` utterances go through ONE
+  pass of ``B*N`` rows (encoder outputs repeated, never recomputed; one
+  decoder run and one joiner call per model; the teacher's KD window comes
+  from its simple-loss occupancies only, without the joiner and pruned loss
+  that ``transducer_outputs`` would add). ``L_samp`` is that sum divided by
+  ``N``, i.e. the average of the ``N`` per-sample sums. The window width is
+  then common to the ``B*N`` rows, exactly as it already is to the ``B`` rows
+  of one batch: the backend widens ``R_kd`` for the whole batch only for
+  sequences with more than ~``R_kd - 2`` tokens per frame (impossible for the
+  ``teacher`` / ``nbest`` samplers, one symbol per frame), and narrows it to
+  ``U_max + 1`` when every sequence is shorter than the window (the extra
+  positions of a wider window are masked, so the loss is the same). The KL's
+  backward is hand-written (:class:`_NodeKL`): one full-vocabulary tensor is
+  kept instead of three.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from contextlib import nullcontext
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -89,11 +104,38 @@ __all__ = [
     "collapsed_kd_loss",
     "kd_prune_ranges",
     "compute_kd_losses",
+    "set_profiler",
 ]
 
 NODE_WEIGHT_KINDS = ("uniform", "sampled", "posterior", "viterbi")
 KD_LOSSES = ("none", "pkd", "full", "collapsed")
 KD_SAMPLERS = ("teacher", "nbest", "batch", "none")
+
+
+# ---------------------------------------------------------------------------
+# optional section timing (benchmark_kd.py); a no-op unless a profiler is set
+# ---------------------------------------------------------------------------
+
+_PROFILER: Any = None
+
+
+def set_profiler(profiler: Any) -> Any:
+    """Install ``profiler`` (an object with ``section(name) -> context manager``,
+    or None) to time the parts of :func:`compute_kd_losses`; returns the previous one.
+
+    Section names: ``ref:teacher`` / ``ref:student`` / ``ref:kd_math`` (PKD on
+    the reference), ``sampler``, ``samp:teacher`` (teacher decoder, KD window
+    and joiner on the sampled sequences), ``samp:student`` (student decoder and
+    joiner on them), ``samp:kd_math`` (node weights and the KL).
+    """
+    global _PROFILER
+    previous, _PROFILER = _PROFILER, profiler
+    return previous
+
+
+def _section(name: str) -> ContextManager[Any]:
+    p = _PROFILER
+    return nullcontext() if p is None else p.section(name)
 
 
 # ---------------------------------------------------------------------------
@@ -113,10 +155,57 @@ def _window_mask(ranges: Tensor, boundary: Tensor) -> Tensor:
     return (t < boundary[:, 3].view(B, 1, 1)) & (ranges <= boundary[:, 2].view(B, 1, 1))
 
 
+def _node_kl(
+    zs: Tensor, log_pt: Tensor, mask: Tensor, temperature: float, need_grad: bool
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """(kl per node, d kl / d zs or None); see :class:`_NodeKL`."""
+    pt = log_pt.exp()
+    log_ps = torch.log_softmax(zs / temperature if temperature != 1.0 else zs, dim=-1)
+    all_valid = bool(mask.all())  # the usual case: skip full-vocabulary masking passes
+    grad = None
+    if need_grad:
+        grad = log_ps.exp().sub_(pt)
+        if temperature != 1.0:
+            grad.div_(temperature)
+        if not all_valid:
+            grad.masked_fill_(~mask.unsqueeze(-1), 0.0)
+    diff = torch.sub(log_pt, log_ps, out=log_ps)  # log_pt - log_ps, in place
+    kl = diff.mul_(pt).sum(dim=-1)
+    return (kl if all_valid else kl.masked_fill_(~mask, 0.0)), grad
+
+
+class _NodeKL(torch.autograd.Function):
+    """``KL(p_T || softmax(zs / tau))`` per node with a hand-written backward.
+
+    Forward: ``log_ps = log_softmax(zs / tau)``, ``kl = sum pt * (log_pt - log_ps)``
+    (the same arithmetic as the plain autograd version); the gradient
+    ``d kl / d zs = (softmax(zs / tau) - pt) / tau`` is formed here once and is the
+    only full-vocabulary tensor kept for backward (autograd would keep
+    ``log_ps``, ``pt`` and the difference, and rebuild the softmax). Masked
+    nodes get ``kl = 0`` and an exactly-zero gradient whatever their logits hold.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, zs: Tensor, log_pt: Tensor, mask: Tensor, temperature: float) -> Tensor:
+        kl, grad = _node_kl(zs, log_pt, mask, temperature, need_grad=True)
+        ctx.save_for_backward(grad)
+        return kl
+
+    @staticmethod
+    def backward(ctx: Any, grad_kl: Tensor) -> Tuple[Optional[Tensor], None, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_kl.unsqueeze(-1).to(grad.dtype), None, None, None
+
+
 def _masked_kl(
     teacher_logits: Tensor, student_logits: Tensor, mask: Tensor, temperature: float
 ) -> Tensor:
-    """Per-node ``KL(softmax(zT/tau) || softmax(zS/tau))``, 0 at masked nodes."""
+    """Per-node ``KL(softmax(zT/tau) || softmax(zS/tau))``, 0 at masked nodes.
+
+    Masked nodes' logits are never mixed into unmasked results (row-wise
+    softmax), and their KL and student gradient are set to exactly 0, so
+    padding holding anything (inf/NaN included) is harmless.
+    """
     if teacher_logits.shape != student_logits.shape:
         raise ValueError(
             f"teacher/student logits differ in shape: {tuple(teacher_logits.shape)} vs "
@@ -124,13 +213,17 @@ def _masked_kl(
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    m = mask.unsqueeze(-1)
-    zt = torch.where(m, _float(teacher_logits.detach()), 0.0)
-    zs = torch.where(m, _float(student_logits), 0.0)
-    log_pt = torch.log_softmax(zt / temperature, dim=-1)
-    log_ps = torch.log_softmax(zs / temperature, dim=-1)
-    kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1)
-    return torch.where(mask, kl, 0.0)
+    zt = _float(teacher_logits.detach())
+    zs = _float(student_logits)
+    dt = torch.promote_types(zt.dtype, zs.dtype)
+    zt, zs = zt.to(dt), zs.to(dt)
+    with torch.no_grad():
+        log_pt = torch.log_softmax(zt / temperature if temperature != 1.0 else zt, dim=-1)
+    mask = mask.to(zs.device)
+    if zs.requires_grad and torch.is_grad_enabled():
+        return _NodeKL.apply(zs, log_pt, mask, float(temperature))
+    with torch.no_grad():
+        return _node_kl(zs, log_pt, mask, float(temperature), need_grad=False)[0]
 
 
 def pruned_kd_loss(
@@ -373,6 +466,50 @@ def _decoder_out(model: Any, y_padded: Tensor, blank_id: int) -> Tensor:
     return model.decoder(sos_y, need_pad=True)
 
 
+def _window_occupancies(
+    model: Any,
+    enc: Tensor,
+    dec: Tensor,
+    enc_lens: Tensor,
+    y_padded: Tensor,
+    y_lens: Tensor,
+    params: Any,
+) -> Tuple[Tensor, Tensor]:
+    """Simple-loss occupancies ``(px_grad, py_grad)`` of ``model`` on ``y``, no grad.
+
+    For the project's Transducer only the smoothed simple loss is run (the
+    same ``simple_lm_proj`` / ``simple_am_proj`` / ``_simple_loss`` calls as
+    ``transducer_outputs``, on the decoder output ``dec`` already computed),
+    skipping the joiner and pruned loss that ``transducer_outputs`` would also
+    compute and that the KD window does not need. Other models fall back to
+    ``transducer_outputs``.
+    """
+    am_scale = float(_get(params, "am_scale", 0.0))
+    lm_scale = float(_get(params, "lm_scale", 0.0))
+    with torch.no_grad():
+        simple = getattr(model, "_simple_loss", None)
+        if simple is None or not hasattr(model, "simple_am_proj") or not hasattr(model, "boundary"):
+            out = model.transducer_outputs(
+                enc.detach(),
+                enc_lens,
+                y_padded,
+                y_lens,
+                prune_range=int(_get(params, "prune_range", 5)),
+                am_scale=am_scale,
+                lm_scale=lm_scale,
+            )
+            return out.px_grad, out.py_grad
+        boundary = model.boundary(y_lens, enc_lens)
+        has_empty = bool((y_lens == 0).any())
+        lm = model.simple_lm_proj(dec.detach())
+        am = model.simple_am_proj(enc.detach())
+        with torch.autocast(device_type=enc.device.type, enabled=False):
+            _, (px_grad, py_grad) = simple(
+                lm.float(), am.float(), y_padded, boundary, am_scale, lm_scale, has_empty
+            )
+    return px_grad, py_grad
+
+
 def _pad(seqs: Sequence[Sequence[int]], device: torch.device) -> Tuple[Tensor, Tensor]:
     lens = [len(s) for s in seqs]
     y = torch.zeros(len(seqs), max(lens, default=0), dtype=torch.int64)
@@ -394,6 +531,7 @@ def _lattice_kd(
     generator: Optional[torch.Generator],
     teacher_out: Any = None,
     student_out: Any = None,
+    tag: str = "ref",
 ) -> Tensor:
     """KD loss (per --kd-loss) of one label sequence per utterance.
 
@@ -426,9 +564,10 @@ def _lattice_kd(
         t_dec = teacher_out.decoder_out
         s_dec = student_out.decoder_out
     else:
-        with torch.no_grad():
+        with torch.no_grad(), _section(tag + ":teacher"):
             t_dec = _decoder_out(teacher, y_padded, blank_id)
-        s_dec = _decoder_out(student, y_padded, blank_id)
+        with _section(tag + ":student"):
+            s_dec = _decoder_out(student, y_padded, blank_id)
 
     if kd_loss in ("full", "collapsed"):
         full = _full_ranges(B, T, U + 1, device)
@@ -446,26 +585,23 @@ def _lattice_kd(
     which = _get(params, "kd_ranges", "teacher")
     if which not in ("teacher", "student"):
         raise ValueError(f"kd_ranges must be teacher|student, got {which!r}")
+    sec = _section(tag + ":teacher")
+    sec.__enter__()
     if U == 0:  # every sequence empty: the lattice is the row u = 0
         ranges = torch.zeros(B, T, 1, dtype=torch.int64, device=device)
     else:
-        out_for_ranges = teacher_out if which == "teacher" else student_out
-        if not use_ref:
-            model_for_ranges = teacher if which == "teacher" else student
-            enc_for_ranges = t_enc if which == "teacher" else s_enc
-            with torch.no_grad():
-                out_for_ranges = model_for_ranges.transducer_outputs(
-                    enc_for_ranges.detach(),
-                    enc_lens,
-                    y_padded,
-                    y_lens,
-                    prune_range=int(_get(params, "prune_range", 5)),
-                    am_scale=float(_get(params, "am_scale", 0.0)),
-                    lm_scale=float(_get(params, "lm_scale", 0.0)),
-                )
-        ranges = kd_prune_ranges(
-            out_for_ranges.px_grad, out_for_ranges.py_grad, boundary_k2, kd_range
-        )
+        if use_ref:
+            out_for_ranges = teacher_out if which == "teacher" else student_out
+            px_grad, py_grad = out_for_ranges.px_grad, out_for_ranges.py_grad
+        elif which == "teacher":
+            px_grad, py_grad = _window_occupancies(
+                teacher, t_enc, t_dec, enc_lens, y_padded, y_lens, params
+            )
+        else:
+            px_grad, py_grad = _window_occupancies(
+                student, s_enc, s_dec, enc_lens, y_padded, y_lens, params
+            )
+        ranges = kd_prune_ranges(px_grad, py_grad, boundary_k2, kd_range)
         if bool(empty.any()):  # an empty sequence's window starts at u = 0
             R = ranges.shape[2]
             start = torch.arange(R, device=device).view(1, 1, R).expand(B, T, R)
@@ -481,8 +617,12 @@ def _lattice_kd(
             zt = teacher_out.logits.detach()
         else:
             zt = teacher.joiner_on_ranges(t_enc, t_dec, ranges)
-    zs = student.joiner_on_ranges(s_enc, s_dec, ranges)
+    sec.__exit__(None, None, None)
+    with _section(tag + ":student"):
+        zs = student.joiner_on_ranges(s_enc, s_dec, ranges)
 
+    sec = _section(tag + ":kd_math")
+    sec.__enter__()
     kind = _get(params, "kd_node_weights", "uniform")
     px = py = None
     if kind != "uniform":
@@ -496,7 +636,9 @@ def _lattice_kd(
         num_paths=int(_get(params, "kd_num_paths", 16)),
         generator=generator,
     )
-    return pruned_kd_loss(zt, zs, ranges, boundary, tau, weights)
+    loss = pruned_kd_loss(zt, zs, ranges, boundary, tau, weights)
+    sec.__exit__(None, None, None)
+    return loss
 
 
 def _sampled_sequences(
@@ -607,15 +749,31 @@ def compute_kd_losses(
         student_out=student_out,
     )
 
-    samples = _sampled_sequences(teacher, t_enc, enc_lens, y_list, params, generator)
+    with _section("sampler"):
+        samples = _sampled_sequences(teacher, t_enc, enc_lens, y_list, params, generator)
     if samples:
-        total = zero
-        for seqs in samples:
-            y_s, y_s_lens = _pad(seqs, device)
-            total = total + _lattice_kd(
-                teacher, student, t_enc, s_enc, enc_lens, y_s, y_s_lens, params, generator
-            )
-        out["kd_samp"] = total / len(samples)
+        # All N sampled sequences of all B utterances in ONE pass of B*N rows
+        # (row n*B + b is samples[n][b]): the encoder outputs are repeated (the
+        # student's through autograd, so its gradient sums over the copies),
+        # the decoders / KD windows / joiners run once, and sum / N is the
+        # average of the N per-sample losses (each a sum over utterances).
+        N = len(samples)
+        flat = [seq for seqs in samples for seq in seqs]
+        y_s, y_s_lens = _pad(flat, device)
+        rep_lens = enc_lens.repeat(N)
+        total = _lattice_kd(
+            teacher,
+            student,
+            t_enc.repeat(N, 1, 1),
+            s_enc.repeat(N, 1, 1),
+            rep_lens,
+            y_s,
+            y_s_lens,
+            params,
+            generator,
+            tag="samp",
+        )
+        out["kd_samp"] = total / N
         lens = torch.tensor([len(s) for seqs in samples for s in seqs], dtype=torch.float32)
         out["kd_samp_tokens"] = lens.mean().to(device)
         out["kd_samp_empty"] = (lens == 0).float().mean().to(device)

@@ -45,7 +45,8 @@ Choices made where the specification is silent:
 * Random numbers are drawn on the generator's device (CPU when no generator
   is given and the data is on CPU) and moved to the data, so a CPU generator
   also works for CUDA tensors; categorical draws use the inverse CDF of one
-  uniform number.
+  uniform number (found by binary search). :func:`sample_sequences` draws the
+  uniforms of all frames in one call before its frame loop.
 * Viterbi ties are broken at backtrace time in favour of the blank (time)
   predecessor: among equally good alignments the chosen one has the
   lexicographically largest *reversed* move sequence with blank > emit, so
@@ -308,9 +309,18 @@ def _model_blank_and_context(model: Any) -> Tuple[int, int]:
 
 def _categorical(probs: Tensor, generator: Optional[torch.Generator]) -> Tensor:
     """One draw per row of ``probs`` (N, V) by inverse CDF; returns (N,) int64."""
+    r = _uniform((probs.shape[0], 1), probs.device, probs.dtype, generator)
+    return _categorical_from_uniform(probs, r)
+
+
+def _categorical_from_uniform(probs: Tensor, r: Tensor) -> Tensor:
+    """Inverse CDF of each row of ``probs`` (N, V) at ``r`` (N, 1) in [0, 1).
+
+    ``k = #{j : cdf_j <= r * cdf_V}`` (a binary search instead of a compare
+    over the whole row), clamped to ``V - 1``.
+    """
     cdf = probs.cumsum(dim=-1)
-    r = _uniform((probs.shape[0], 1), probs.device, probs.dtype, generator) * cdf[:, -1:]
-    k = (cdf <= r).sum(dim=-1)
+    k = torch.searchsorted(cdf, r * cdf[:, -1:], right=True).squeeze(1)
     return k.clamp(max=probs.shape[-1] - 1)
 
 
@@ -360,28 +370,33 @@ def sample_sequences(
 
     context = torch.full((N, context_size), blank_id, dtype=torch.int64, device=device)
     dec = model.joiner.decoder_proj(model.decoder(context, need_pad=False)).squeeze(1)
-    hyps: List[List[int]] = [[] for _ in range(N)]
-    for t in range(T):
-        active = lens > t
-        if not bool(active.any()):
-            break
+    # tokens[i, t]: the token hypothesis i emitted at frame t, or -1 (lists at the end).
+    tokens = torch.full((N, max(T, 1)), -1, dtype=torch.int64, device=device)
+    t_max = int(lens.max().item()) if N > 0 else 0
+    # One uniform per hypothesis and frame, drawn up front (a single RNG call).
+    uniforms = None
+    if temperature > 0 and t_max > 0:
+        uniforms = _uniform((t_max, N, 1), device, torch.float32, generator)
+    for t in range(min(T, t_max)):
         logits = model.joiner(enc[:, t], dec, project_input=False).float()  # (N, V)
         if temperature == 0:
             k = logits.argmax(dim=-1)
         else:
             probs = torch.softmax(logits / temperature, dim=-1)
-            k = _categorical(probs, generator)
-        emitted = active & (k != blank_id)
-        if not bool(emitted.any()):
+            k = _categorical_from_uniform(probs, uniforms[t])
+        emitted = (k != blank_id) & (lens > t)
+        idx = emitted.nonzero().squeeze(1)
+        if idx.numel() == 0:
             continue
-        idx = emitted.nonzero(as_tuple=True)[0]
-        new_tokens = k[idx]
-        for i, v in zip(idx.tolist(), new_tokens.tolist()):
-            hyps[i].append(v)
-        context[idx] = torch.cat([context[idx, 1:], new_tokens.view(-1, 1)], dim=1)
-        new_dec = model.joiner.decoder_proj(model.decoder(context[idx], need_pad=False))
-        dec = dec.clone()
-        dec[idx] = new_dec.squeeze(1).to(dec.dtype)
+        new_tokens = k.index_select(0, idx)
+        tokens[idx, t] = new_tokens
+        ctx = torch.cat([context.index_select(0, idx)[:, 1:], new_tokens.view(-1, 1)], dim=1)
+        context.index_copy_(0, idx, ctx)
+        # decoder + projection only for the hypotheses that emitted
+        new_dec = model.joiner.decoder_proj(model.decoder(ctx, need_pad=False)).squeeze(1)
+        dec = dec.index_copy(0, idx, new_dec.to(dec.dtype))
+    rows = tokens.tolist()
+    hyps = [[v for v in row if v >= 0] for row in rows]
     return [hyps[b * num_samples : (b + 1) * num_samples] for b in range(B)]
 
 
