@@ -46,6 +46,7 @@ test-other 4xxx), so ids never collide across splits.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -59,7 +60,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import soundfile as sf
@@ -691,10 +692,53 @@ def build_synthetic_corpus(
       each of SPLITS, plus ``"total"`` with the same keys and
       ``"elapsed_s"``/``"sentences"`` (clean sentences available).
     """
-    start = time.time()
     corpus_dir, output_dir = Path(corpus_dir), Path(output_dir)
     corpus_dir.mkdir(parents=True, exist_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive_build_lock(corpus_dir):
+        return _build_locked(
+            corpus_dir, output_dir, train_hours, dev_utts, test_utts, seed, nj,
+            fortune_dir, espeak_variants_per_accent,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _exclusive_build_lock(corpus_dir: Path) -> Iterator[None]:
+    """Refuse a second build into the same ``corpus_dir`` while one is running.
+
+    Two builders would overwrite each other's temporary files and delete files
+    the other has already listed. The lock is an ``flock`` on
+    ``<corpus_dir>/.build.lock``, released by the kernel if the process dies.
+    """
+    import fcntl
+
+    with open(corpus_dir / ".build.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"another synthetic-corpus build is running into {corpus_dir}; "
+                "wait for it to finish (or stop it) and run again"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_locked(
+    corpus_dir: Path,
+    output_dir: Path,
+    train_hours: float,
+    dev_utts: int,
+    test_utts: int,
+    seed: int,
+    nj: int,
+    fortune_dir: Union[str, Path],
+    espeak_variants_per_accent: int,
+) -> Dict[str, Dict[str, float]]:
+    """The body of :func:`build_synthetic_corpus`, run under the build lock."""
+    start = time.time()
     sentences = load_sentences(fortune_dir)
     voices = voice_catalogue(seed, espeak_variants_per_accent)
     plans = plan_corpus(sentences, voices, train_hours, dev_utts, test_utts, seed)

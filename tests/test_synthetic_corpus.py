@@ -207,3 +207,17 @@ def test_files_from_another_recipe_are_not_reused(corpus, monkeypatch) -> None:
     monkeypatch.setattr(sc, "AUDIO_RECIPE_VERSION", sc.AUDIO_RECIPE_VERSION + 1)
     with pytest.raises(RuntimeError, match="different recipe"):
         sc._check_audio(path, plan)
+
+
+def test_a_second_build_into_the_same_directory_is_refused(tmp_path):
+    """Two builders in one corpus_dir would delete each other's files: refuse clearly."""
+    import fcntl
+
+    from icefall_spkd.synthetic_corpus import build_synthetic_corpus
+
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    with open(corpus_dir / ".build.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running build holds it
+        with pytest.raises(RuntimeError, match="another synthetic-corpus build is running"):
+            build_synthetic_corpus(corpus_dir, tmp_path / "manifests", train_hours=0.02)
