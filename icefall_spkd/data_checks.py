@@ -370,3 +370,27 @@ def log_summary(part: str, issues: Sequence[Issue], total: int, kept: int) -> No
     for (reason, action), n in sorted(counts.items()):
         logging.info(f"[{part}] {reason}: {n} utterance(s) {action}")
     logging.info(f"[{part}] {kept} of {total} utterances kept")
+
+
+def write_if_changed(cuts: CutSet, path: Path) -> bool:
+    """Write ``cuts`` to ``path`` unless the file already holds the same cuts.
+
+    Later stages (features) skip their work when their output is newer than
+    their input; rewriting an unchanged manifest would force them to redo it.
+    The comparison is on the decompressed JSON lines (gzip headers carry a
+    timestamp). Returns True when the file was (re)written.
+    """
+    import gzip
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.jsonl.gz")
+    cuts.to_file(tmp)
+    if path.is_file():
+        with gzip.open(path, "rb") as old, gzip.open(tmp, "rb") as new:
+            if old.read() == new.read():
+                tmp.unlink()
+                logging.info(f"{path} unchanged: kept")
+                return False
+    os.replace(tmp, path)
+    return True

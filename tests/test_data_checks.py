@@ -135,3 +135,27 @@ def test_report_roundtrip_and_replace(tmp_path: Path) -> None:
 def test_letters_per_second(dur: float, text: str, ok: bool) -> None:
     assert (dc.letters_per_second(text, dur) <= 30) == ok
     assert dc.letters_per_second("A", 0.0) == np.inf
+
+
+def test_write_if_changed_keeps_an_identical_manifest(tmp_path):
+    """Unchanged cuts leave the file (and its mtime) alone; changed cuts replace it."""
+    import os
+
+    from lhotse import CutSet, MonoCut
+
+    from icefall_spkd.data_checks import write_if_changed
+
+    def cuts(duration: float) -> CutSet:
+        return CutSet.from_cuts(
+            [MonoCut(id=f"c{i}", start=0.0, duration=duration, channel=0) for i in range(3)]
+        )
+
+    path = tmp_path / "cuts.jsonl.gz"
+    assert write_if_changed(cuts(1.0), path)
+    os.utime(path, (1_000_000, 1_000_000))
+    assert not write_if_changed(cuts(1.0), path)
+    assert path.stat().st_mtime == 1_000_000
+    assert write_if_changed(cuts(2.0), path)
+    assert path.stat().st_mtime > 1_000_000
+    assert [c.duration for c in CutSet.from_file(path)] == [2.0, 2.0, 2.0]
+    assert not list(tmp_path.glob(".*tmp*"))

@@ -60,14 +60,20 @@ def parse_combine(specs: List[str]) -> Dict[str, List[str]]:
 
 
 def compute_part(args: argparse.Namespace, part: str, executor: Optional[ProcessPoolExecutor]) -> None:
-    """Features for one part (skipped when its output exists); ``executor`` is shared by parts."""
+    """Features for one part; ``executor`` is shared by parts.
+
+    Skipped when the output exists and is newer than its input manifest (like
+    make), so features are recomputed after the corpus or the checks change.
+    """
     out = args.output_dir / f"librispeech_cuts_{part}.jsonl.gz"
-    if out.is_file():
-        logging.info(f"{out} exists: skipping")
-        return
     src = args.manifest_dir / f"librispeech_cuts_{part}{args.input_suffix}.jsonl.gz"
     if not src.is_file():
         raise FileNotFoundError(f"{src} is missing: run the data-check stages of prepare.sh first")
+    if out.is_file() and out.stat().st_mtime >= src.stat().st_mtime:
+        logging.info(f"{out} exists and is newer than {src.name}: skipping")
+        return
+    if out.is_file():
+        logging.info(f"{out} is older than {src.name}: recomputing")
     cuts = load_manifest_lazy(src).to_eager()
     n_in = len(cuts)
     if args.speed_perturb and part.startswith("train"):

@@ -30,6 +30,7 @@ from icefall_spkd.data_checks import (
     log_summary,
     read_report,
     validate_part,
+    write_if_changed,
     write_report,
 )
 from icefall_spkd.utils import str2bool
@@ -69,7 +70,7 @@ def audio_text_pass(args: argparse.Namespace, part: str) -> None:
         num_jobs=args.nj,
     )
     issues = read_report(md / f"prepare_issues_{part}.tsv") + issues
-    cuts.to_file(md / f"librispeech_cuts_{part}_validated.jsonl.gz")
+    write_if_changed(cuts, md / f"librispeech_cuts_{part}_validated.jsonl.gz")
     write_report(md / f"filter_report_{part}.tsv", issues)
     log_summary(part, issues, total=len(sups) + len(read_report(md / f"prepare_issues_{part}.tsv")),
                 kept=len(cuts))
@@ -99,7 +100,7 @@ def tokens_pass(args: argparse.Namespace, part: str) -> None:
             max_speed_factor=1.1 if args.speed_perturb else 1.0, model_name=lang.name,
         )
         all_issues.extend(issues)
-    cuts.to_file(md / f"librispeech_cuts_{part}_filtered.jsonl.gz")
+    write_if_changed(cuts, md / f"librispeech_cuts_{part}_filtered.jsonl.gz")
     write_report(md / f"filter_report_{part}.tsv", all_issues, replace_reasons=TOKEN_REASONS)
     log_summary(part, all_issues, total=total, kept=len(cuts))
 
