@@ -1,0 +1,72 @@
+"""The table driver's resumption logic (egs/librispeech/ASR/local/run_table.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "egs/librispeech/ASR/local/run_table.py"
+
+
+@pytest.fixture(scope="module")
+def run_table():
+    spec = importlib.util.spec_from_file_location("run_table", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _train_cmd(run_table, monkeypatch, tmp_path, key, argv=()):
+    """The train.py command the driver would run for ``key`` in ``tmp_path`` (None: nothing)."""
+    calls = []
+    monkeypatch.setattr(run_table, "_run", lambda cmd, dry, log=None: calls.append(cmd))
+    args = run_table.get_parser().parse_args(["--num-epochs", "4", *argv])
+    run_table.train(args, key, 7, tmp_path, tmp_path / "teacher.pt")
+    return calls[0] if calls else None
+
+
+def _touch(path: Path, mtime: float) -> None:
+    path.write_bytes(b"")
+    os.utime(path, (mtime, mtime))
+
+
+def _flag(cmd, name):
+    return cmd[cmd.index(name) + 1] if name in cmd else None
+
+
+def test_fresh_run_starts_at_the_beginning(run_table, monkeypatch, tmp_path):
+    cmd = _train_cmd(run_table, monkeypatch, tmp_path, "baseline")
+    assert _flag(cmd, "--start-epoch") is None and _flag(cmd, "--start-batch") is None
+    assert _flag(cmd, "--seed") == "7" and _flag(cmd, "--model-preset") == "tiny"
+    assert "--teacher-checkpoint" not in cmd
+
+
+def test_resumes_after_the_newest_epoch(run_table, monkeypatch, tmp_path):
+    _touch(tmp_path / "epoch-1.pt", 100)
+    _touch(tmp_path / "epoch-2.pt", 200)
+    _touch(tmp_path / "checkpoint-50.pt", 150)  # older than epoch-2: ignored
+    cmd = _train_cmd(run_table, monkeypatch, tmp_path, "baseline")
+    assert _flag(cmd, "--start-epoch") == "3" and _flag(cmd, "--start-batch") is None
+
+
+def test_resumes_from_a_newer_mid_epoch_checkpoint(run_table, monkeypatch, tmp_path):
+    _touch(tmp_path / "epoch-2.pt", 200)
+    _touch(tmp_path / "checkpoint-180.pt", 300)
+    _touch(tmp_path / "checkpoint-120.pt", 250)
+    cmd = _train_cmd(run_table, monkeypatch, tmp_path, "baseline")
+    assert _flag(cmd, "--start-batch") == "180" and _flag(cmd, "--start-epoch") is None
+
+
+def test_finished_run_is_not_retrained(run_table, monkeypatch, tmp_path):
+    _touch(tmp_path / "epoch-4.pt", 100)
+    assert _train_cmd(run_table, monkeypatch, tmp_path, "baseline") is None
+
+
+def test_kd_rows_get_the_teacher_and_their_flags(run_table, monkeypatch, tmp_path):
+    cmd = _train_cmd(run_table, monkeypatch, tmp_path, "spkd-n4", ["--kd-scale", "0.3"])
+    assert _flag(cmd, "--teacher-checkpoint") == str(tmp_path / "teacher.pt")
+    assert _flag(cmd, "--kd-scale") == "0.3"
+    assert _flag(cmd, "--kd-sampler") == "teacher" and _flag(cmd, "--kd-num-samples") == "4"
