@@ -184,7 +184,8 @@ def validate_kd_params(params: AttributeDict) -> None:
         (params.kd_temperature > 0, f"--kd-temperature must be > 0, got {params.kd_temperature}"),
         (params.kd_sample_temperature > 0,
          f"--kd-sample-temperature must be > 0, got {params.kd_sample_temperature}"),
-        (params.kd_prune_range >= 1, f"--kd-prune-range must be >= 1, got {params.kd_prune_range}"),
+        # k2/fast_rnnt widen a regular-topology window of 1 to 2 (with a warning per batch).
+        (params.kd_prune_range >= 2, f"--kd-prune-range must be >= 2, got {params.kd_prune_range}"),
         (params.kd_num_paths >= 1, f"--kd-num-paths must be >= 1, got {params.kd_num_paths}"),
         (params.kd_nbest_beam >= 1, f"--kd-nbest-beam must be >= 1, got {params.kd_nbest_beam}"),
         (sampler == "none" or params.kd_num_samples >= 1,

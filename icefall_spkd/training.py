@@ -52,6 +52,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from icefall_spkd.checkpoint import (
@@ -430,9 +431,37 @@ def train_one_epoch(
 
 
 def _record_kd_generator(params: AttributeDict, kd_generator: Optional[torch.Generator]) -> None:
-    """Put the KD generator's state into ``params`` (saved with the checkpoint)."""
-    if kd_generator is not None:
-        params.kd_generator_state = generator_state_to_str(kd_generator)
+    """Put every rank's KD generator state into ``params`` (saved with the checkpoint).
+
+    Only rank 0 writes checkpoints, so under DDP the states of all ranks are
+    gathered (a collective: every rank calls this at the same save point) and
+    stored as a list indexed by rank; each rank restores its own on resume.
+    """
+    if kd_generator is None:
+        return
+    state = generator_state_to_str(kd_generator)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        states: list = [None] * dist.get_world_size()
+        dist.all_gather_object(states, state)
+    else:
+        states = [state]
+    params.kd_generator_state = states
+
+
+def _kd_state_for_rank(ckpt: Dict[str, Any], rank: int, world_size: int) -> Optional[str]:
+    """This rank's saved KD generator state, checking the checkpoint's world size."""
+    states = ckpt.get("kd_generator_state")
+    if states is None:
+        return None
+    if isinstance(states, str):  # a single-process checkpoint of an older layout
+        states = [states]
+    if len(states) != world_size:
+        raise ValueError(
+            f"{ckpt['_filename']} holds KD generator states of {len(states)} process(es) but "
+            f"--world-size is {world_size}; resume a KD run mid-epoch with the same world size "
+            "(or from an epoch-N.pt with --start-epoch)"
+        )
+    return states[rank]
 
 
 def _validate(
@@ -612,7 +641,11 @@ def run(rank: int, world_size: int, args: Any) -> None:
 
     teacher = load_teacher(params, device)  # frozen; not in the optimizer, not in DDP
     kd_generator = make_kd_generator(params.seed, rank) if teacher is not None else None
-    kd_state = ckpt_rest.get("kd_generator_state") if (ckpt_rest and params.start_batch > 0) else None
+    kd_state = (
+        _kd_state_for_rank(ckpt_rest, rank, world_size)
+        if (ckpt_rest and params.start_batch > 0 and teacher is not None)
+        else None
+    )
     if teacher is not None and params.start_batch > 0 and kd_state is None:
         raise ValueError(
             f"{ckpt_rest['_filename']} has no KD generator state (written without KD?); "

@@ -331,7 +331,9 @@ def test_spkd_cli_logs_kd_terms(spkd_exp: Path) -> None:
                 b"train/tot_kd_samp_empty"):
         assert tag in events, tag
     ck = torch.load(spkd_exp / "checkpoint-3.pt", weights_only=False)
-    assert isinstance(ck["kd_generator_state"], str) and ck["teacher_checkpoint"]
+    states = ck["kd_generator_state"]  # one per rank; a single process here
+    assert isinstance(states, list) and len(states) == 1 and isinstance(states[0], str)
+    assert ck["teacher_checkpoint"]
     assert not any(k.startswith("teacher") for k in ck["model"])  # the teacher is not saved
 
 
@@ -386,3 +388,14 @@ def test_kd_ddp_two_processes(corpus: Path, teacher_exp: Path, tmp_path: Path) -
              for f in logs]
     assert valid[0] and valid[0] == valid[1] and "kd_samp_loss=" in valid[0][0]
     assert (exp / "epoch-1.pt").is_file()
+    # Each rank's own KD generator state is saved (rank 0 writes the file), so a
+    # mid-epoch resume gives every rank its own random stream back.
+    states = torch.load(exp / "epoch-1.pt", weights_only=False)["kd_generator_state"]
+    assert isinstance(states, list) and len(states) == 2 and states[0] != states[1]
+
+    from icefall_spkd.training import _kd_state_for_rank
+
+    ckpt = {"kd_generator_state": states, "_filename": "epoch-1.pt"}
+    assert _kd_state_for_rank(ckpt, 1, 2) == states[1]
+    with pytest.raises(ValueError, match="epoch-1.pt holds KD generator states of 2"):
+        _kd_state_for_rank(ckpt, 0, 1)
