@@ -585,8 +585,12 @@ def run(rank: int, world_size: int, args: Any) -> None:
         torch.cuda.set_device(device)
         torch.set_num_threads(1)
     else:
-        # CPU: share the cores among the DDP processes (all of them for one process).
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        # CPU: share the cores among the DDP processes (all of them for one
+        # process), unless OMP_NUM_THREADS says how many threads to use.
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        torch.set_num_threads(
+            int(threads) if threads.isdigit() else max(1, (os.cpu_count() or 1) // world_size)
+        )
     _resolve_precision(params, device)
     logging.info(f"Device: {device}")
 

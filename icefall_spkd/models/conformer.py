@@ -69,12 +69,16 @@ class Conv2dSubsampling(nn.Module):
         )
         f_out = ((in_features - 1) // 2 - 1) // 2
         self.out = nn.Linear(channels * f_out, d_model)
+        # Log-mel features are far from zero mean / unit variance (about -5.6
+        # and 4.1 on fbank); this norm makes the scale of the residual stream
+        # that enters the first block independent of the feature scale.
+        self.out_norm = nn.LayerNorm(d_model)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (N, T, F) -> (N, T', d_model) with ``T' = ((T - 1) // 2 - 1) // 2``."""
         x = self.conv(x.unsqueeze(1))  # (N, channels, T', F')
         n, c, t, f = x.shape
-        return self.out(x.permute(0, 2, 1, 3).reshape(n, t, c * f))
+        return self.out_norm(self.out(x.permute(0, 2, 1, 3).reshape(n, t, c * f)))
 
 
 class RotaryEmbedding(nn.Module):
