@@ -94,12 +94,14 @@ if ! "$vpy" -c "import kaldifeat" 2>/dev/null; then
 fi
 
 # ---------------------------------------------------------------- 5. repo
-if ! "$vpy" -c "import icefall_spkd" 2>/dev/null; then
+# Checked from / : in the repository root `import icefall_spkd` would find the
+# source folder itself and hide a missing install.
+if ! (cd / && "$vpy" -c "import icefall_spkd") 2>/dev/null; then
   log "installing icefall_spkd (editable)"
   pip install -q --no-build-isolation --no-deps -e "$repo"
 fi
 
-"$vpy" - <<'PY'
+(cd / && "$vpy" -) <<'PY'
 import importlib
 mods = ["torch", "lhotse", "sentencepiece", "kaldifeat", "icefall_spkd"]
 for m in mods:
