@@ -70,3 +70,10 @@ def test_kd_rows_get_the_teacher_and_their_flags(run_table, monkeypatch, tmp_pat
     assert _flag(cmd, "--teacher-checkpoint") == str(tmp_path / "teacher.pt")
     assert _flag(cmd, "--kd-scale") == "0.3"
     assert _flag(cmd, "--kd-sampler") == "teacher" and _flag(cmd, "--kd-num-samples") == "4"
+
+
+def test_averaging_fits_the_run_length(run_table):
+    args = run_table.get_parser().parse_args(["--avg", "2"])
+    assert run_table.averaging(args, 6) == (2, True)  # epochs 5..6 from epoch-4 and epoch-6
+    assert run_table.averaging(args, 2) == (1, True)
+    assert run_table.averaging(args, 1) == (1, False)  # no epoch-0: the last epoch as it is

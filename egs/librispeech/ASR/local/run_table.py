@@ -154,12 +154,23 @@ def train(args, key: str, seed: int, exp_dir: Path, teacher_ckpt: Optional[Path]
     tfile.write_text(json.dumps({"seconds": spent + time.time() - t0}))
 
 
+def averaging(args, epochs: int) -> tuple[int, bool]:
+    """``(--avg, --use-averaged-model)`` for a run of ``epochs`` epochs.
+
+    The running-average model averages the ``--avg`` epochs ending at the last
+    one, which needs ``epochs > avg`` (epoch-0 is the start point); a run too
+    short for that uses its last epoch as it is.
+    """
+    avg = min(args.avg, epochs - 1)
+    return (avg, True) if avg >= 1 else (1, False)
+
+
 def decode(args, key: str, exp_dir: Path, method: str, test_sets: List[str]) -> Dict[str, Any]:
     """Decode one row with one method (skipped when its errs files exist); parse them."""
     row = TABLE_ROWS[key]
     epochs = (args.teacher_epochs or args.num_epochs) if row.is_teacher else args.num_epochs
-    avg = min(args.avg, epochs)
-    suffix = f"epoch-{epochs}-avg-{avg}-use-averaged-model"
+    avg, use_avg = averaging(args, epochs)
+    suffix = f"epoch-{epochs}-avg-{avg}" + ("-use-averaged-model" if use_avg else "")
     if method == "modified_beam_search":
         suffix += "-beam-size-4"
     out = exp_dir / method
@@ -171,7 +182,7 @@ def decode(args, key: str, exp_dir: Path, method: str, test_sets: List[str]) -> 
             "--exp-dir", str(exp_dir),
             "--epoch", str(epochs),
             "--avg", str(avg),
-            "--use-averaged-model", "true",
+            "--use-averaged-model", str(use_avg).lower(),
             "--decoding-method", method,
             "--beam-size", "4",
             "--max-duration", str(args.max_duration),
@@ -190,12 +201,13 @@ def export_teacher(args, exp_dir: Path) -> None:
     if (exp_dir / "pretrained.pt").exists():
         return
     epochs = args.teacher_epochs or args.num_epochs
+    avg, use_avg = averaging(args, epochs)
     cmd = [
         _python(), "spkd_transducer/export.py",
         "--exp-dir", str(exp_dir),
         "--epoch", str(epochs),
-        "--avg", str(min(args.avg, epochs)),
-        "--use-averaged-model", "true",
+        "--avg", str(avg),
+        "--use-averaged-model", str(use_avg).lower(),
         "--model-preset", args.teacher_preset,
         "--bpe-model", args.bpe_model,
     ]  # fmt: skip
