@@ -13,8 +13,8 @@
 set -eou pipefail
 
 train_hours=3.0
-num_epochs=6
-teacher_epochs=6
+num_epochs=3
+teacher_epochs=3
 teacher_preset=small
 student_preset=tiny
 max_duration=100

@@ -326,7 +326,7 @@ def main() -> None:
         summary = summarise(results, m, test_sets)
         parts.append(f"### {m}\n\n" + render_markdown(summary, order, test_sets))
         if m == methods[0]:
-            plot_chart(summary, order, test_sets, chart, f"{args.title} ({m})")
+            plot_chart(summary, order, test_sets, chart, f"{args.title}\n({m})")
     table = "\n".join(parts)
     results_md.parent.mkdir(parents=True, exist_ok=True)
     results_md.write_text(f"# {args.title}\n\n{provenance()}\n{table}\n")
