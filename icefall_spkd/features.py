@@ -12,7 +12,7 @@ that differ between the libraries and are therefore always set explicitly:
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from lhotse import Fbank, FbankConfig
@@ -120,3 +120,41 @@ def set_single_thread() -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set, or parallel work already started
         pass
+
+
+def global_feature_stats(cuts: Any, max_cuts: int = 1000) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-bin mean and standard deviation of precomputed features (global CMVN).
+
+    Reads the features of the first ``max_cuts`` cuts of ``cuts`` (in manifest
+    order, so the result is deterministic and the same on every DDP rank) and
+    pools all their frames.
+
+    Args:
+      cuts: a lhotse ``CutSet`` (or any iterable of cuts) with features.
+      max_cuts: how many cuts to read at most.
+    Returns:
+      ``(mean, std)``, each ``(F,)`` float32; ``std`` is floored at 1e-3.
+    Raises:
+      ValueError: no cut, or a cut without features (names the cut; run
+        ``prepare.sh`` stage 5 to compute them).
+    """
+    total: Optional[torch.Tensor] = None
+    total_sq: Optional[torch.Tensor] = None
+    frames = 0
+    for i, cut in enumerate(cuts):
+        if i >= max_cuts:
+            break
+        if not getattr(cut, "has_features", False):
+            raise ValueError(
+                f"cut {cut.id} has no precomputed features; run prepare.sh stage 5 (fbank) first"
+            )
+        feats = torch.as_tensor(cut.load_features(), dtype=torch.float64)
+        total = feats.sum(0) if total is None else total + feats.sum(0)
+        sq = (feats * feats).sum(0)
+        total_sq = sq if total_sq is None else total_sq + sq
+        frames += feats.shape[0]
+    if total is None or total_sq is None or frames == 0:
+        raise ValueError("global_feature_stats: the cut set has no frames")
+    mean = total / frames
+    var = (total_sq / frames - mean * mean).clamp(min=0.0)
+    return mean.float(), var.sqrt().clamp(min=1e-3).float()

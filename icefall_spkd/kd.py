@@ -532,8 +532,12 @@ def _lattice_kd(
     teacher_out: Any = None,
     student_out: Any = None,
     tag: str = "ref",
+    row_weights: Optional[Tensor] = None,
 ) -> Tensor:
     """KD loss (per --kd-loss) of one label sequence per utterance.
+
+    ``row_weights`` (``(B,)``, optional) multiplies each row's loss (used to
+    count a de-duplicated sampled sequence as many times as it was drawn).
 
     With ``teacher_out`` / ``student_out`` (the reference transcripts) their
     decoder outputs and simple-loss occupancies are reused; otherwise the
@@ -570,6 +574,8 @@ def _lattice_kd(
             s_dec = _decoder_out(student, y_padded, blank_id)
 
     if kd_loss in ("full", "collapsed"):
+        if row_weights is not None:
+            raise ValueError("row_weights is only supported with kd_loss='pkd'")
         full = _full_ranges(B, T, U + 1, device)
         with torch.no_grad():
             zt = teacher.joiner_on_ranges(t_enc, t_dec, full)
@@ -636,6 +642,8 @@ def _lattice_kd(
         num_paths=int(_get(params, "kd_num_paths", 16)),
         generator=generator,
     )
+    if row_weights is not None:
+        weights = weights * row_weights.to(weights.dtype).view(-1, 1, 1)
     loss = pruned_kd_loss(zt, zs, ranges, boundary, tau, weights)
     sec.__exit__(None, None, None)
     return loss
@@ -678,6 +686,44 @@ def _sampled_sequences(
     return [[per_utt[b][n] for b in range(B)] for n in range(N)]
 
 
+def _distinct_samples(
+    samples: List[List[List[int]]], dedup: bool
+) -> Tuple[List[List[int]], List[int], List[int]]:
+    """Rows to run for ``samples[n][b]``: ``(sequences, utterance of each, multiplicity)``.
+
+    With ``dedup``, a sequence drawn several times for the same utterance is
+    one row whose multiplicity is the number of draws: its KD term is
+    identical each time (same encoder outputs, same label sequence, so the
+    same window and logits), so weighting one copy by the count gives the
+    same loss and gradient for less work. A confident teacher draws the
+    same sequence often, so this saves most where training spends longest.
+    (With ``--kd-node-weights sampled`` the duplicates would otherwise get
+    independent path draws; one draw weighted by the count has the same
+    expectation.) Without ``dedup`` rows are ``n * B + b`` in order, each
+    with multiplicity 1.
+    """
+    B = len(samples[0]) if samples else 0
+    if not dedup:
+        flat = [seq for seqs in samples for seq in seqs]
+        return flat, [b for _ in samples for b in range(B)], [1] * len(flat)
+    where: Dict[Tuple[int, Tuple[int, ...]], int] = {}
+    rows: List[List[int]] = []
+    row_utt: List[int] = []
+    counts: List[int] = []
+    for seqs in samples:
+        for b, seq in enumerate(seqs):
+            key = (b, tuple(seq))
+            i = where.get(key)
+            if i is None:
+                where[key] = len(rows)
+                rows.append(list(seq))
+                row_utt.append(b)
+                counts.append(1)
+            else:
+                counts[i] += 1
+    return rows, row_utt, counts
+
+
 def compute_kd_losses(
     teacher: Any,
     student: Any,
@@ -708,7 +754,9 @@ def compute_kd_losses(
       ``kd_samp`` (``(1/N) sum_n`` of the same on sampled sequences; 0 if no
       sampler), ``kd_frames`` (sum of ``T_b``), and detached statistics
       ``kd_samp_tokens`` (sampled tokens per sequence) and ``kd_samp_empty``
-      (fraction of empty sampled sequences).
+      (fraction of empty sampled sequences), ``kd_samp_distinct`` (distinct
+      (utterance, sequence) rows run / sampled sequences; duplicates are
+      run once and counted, see :func:`_distinct_samples`).
     """
     s_enc = student_out.encoder_out
     device = s_enc.device
@@ -758,23 +806,27 @@ def compute_kd_losses(
         # the decoders / KD windows / joiners run once, and sum / N is the
         # average of the N per-sample losses (each a sum over utterances).
         N = len(samples)
-        flat = [seq for seqs in samples for seq in seqs]
-        y_s, y_s_lens = _pad(flat, device)
-        rep_lens = enc_lens.repeat(N)
+        rows, row_utt, counts = _distinct_samples(samples, dedup=kd_loss == "pkd")
+        y_s, y_s_lens = _pad(rows, device)
+        index = torch.tensor(row_utt, dtype=torch.int64, device=device)
         total = _lattice_kd(
             teacher,
             student,
-            t_enc.repeat(N, 1, 1),
-            s_enc.repeat(N, 1, 1),
-            rep_lens,
+            t_enc.index_select(0, index),
+            s_enc.index_select(0, index),
+            enc_lens.index_select(0, index),
             y_s,
             y_s_lens,
             params,
             generator,
             tag="samp",
+            row_weights=(
+                None if all(c == 1 for c in counts) else torch.tensor(counts, device=device)
+            ),
         )
         out["kd_samp"] = total / N
         lens = torch.tensor([len(s) for seqs in samples for s in seqs], dtype=torch.float32)
         out["kd_samp_tokens"] = lens.mean().to(device)
         out["kd_samp_empty"] = (lens == 0).float().mean().to(device)
+        out["kd_samp_distinct"] = torch.tensor(len(rows) / lens.numel(), device=device)
     return out

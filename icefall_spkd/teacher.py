@@ -52,8 +52,11 @@ Choices made here (where the specification is silent):
   (``L_samp``, only with a sampler), ``kd_samp_tokens`` (sampled tokens per
   frame, averaged over the ``N`` samples) next to ``kd_ref_tokens``
   (reference tokens per frame), and ``kd_samp_empty`` (fraction of empty
-  sampled sequences; stored as ``fraction * frames`` so that the per-frame
-  display is the frame-weighted fraction).
+  sampled sequences) and ``kd_samp_distinct`` (distinct (utterance,
+  sequence) pairs among the sampled ones, i.e. the share of the sampled KD
+  work actually run; duplicates are run once and counted), both stored as
+  ``fraction * frames`` so that the per-frame display is the frame-weighted
+  fraction.
 """
 
 from __future__ import annotations
@@ -456,5 +459,7 @@ def kd_loss_and_metrics(
         if "kd_samp_tokens" in terms:
             metrics["kd_samp_tokens"] = float(terms["kd_samp_tokens"]) * B
             metrics["kd_samp_empty"] = float(terms["kd_samp_empty"]) * frames
+        if "kd_samp_distinct" in terms:
+            metrics["kd_samp_distinct"] = float(terms["kd_samp_distinct"]) * frames
         metrics["kd_ref_tokens"] = float(y_lens.sum())
     return loss, metrics

@@ -561,6 +561,7 @@ def _resume(
 def run(rank: int, world_size: int, args: Any) -> None:
     """Train on one process (``rank`` of ``world_size``); ``args`` from the recipe's parser."""
     from icefall_spkd.data import AsrDataModule
+    from icefall_spkd.features import global_feature_stats
     from icefall_spkd.models.presets import build_model
 
     params = get_params()
@@ -600,6 +601,19 @@ def run(rank: int, world_size: int, args: Any) -> None:
 
     model = build_model(params)
     logging.info(f"Number of model parameters: {num_parameters(model)}")
+
+    datamodule = AsrDataModule(args)
+    train_cuts = datamodule.train_cuts()
+    # Global CMVN from the training features (a resumed run overwrites these
+    # with the checkpoint's own statistics below).
+    set_feature_stats = getattr(model.encoder, "set_feature_stats", None)
+    if set_feature_stats is not None:
+        mean, std = global_feature_stats(train_cuts)
+        set_feature_stats(mean, std)
+        logging.info(
+            f"Feature statistics from the training cuts: mean {mean.mean():.3f}, "
+            f"std {std.mean():.3f} (averaged over bins)"
+        )
 
     model_avg: Optional[nn.Module] = None
     if rank == 0:
@@ -656,8 +670,6 @@ def run(rank: int, world_size: int, args: Any) -> None:
             "cannot resume a KD run exactly from it"
         )
 
-    datamodule = AsrDataModule(args)
-    train_cuts = datamodule.train_cuts()
     valid_cuts = datamodule.dev_cuts()
     train_dl = datamodule.train_dataloaders(train_cuts, sampler_state_dict=sampler_state)
     valid_dl = datamodule.valid_dataloaders(valid_cuts)

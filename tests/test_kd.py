@@ -540,3 +540,42 @@ def test_empty_reference_in_batch_equals_per_utterance_sum(kind):
     whole = run([0, 1, 2])
     parts = sum(run([i]).item() for i in range(3))
     assert torch.isfinite(whole) and whole.item() == pytest.approx(parts, rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "posterior", "viterbi"])
+def test_duplicate_samples_run_once_with_same_loss_and_gradient(monkeypatch, kind):
+    """Repeated (utterance, sequence) draws are run once and counted: same value and gradient."""
+    import icefall_spkd.kd as kd_mod
+
+    teacher, student = _model(0), _model(1)
+    enc, lens, y_padded, y_lens = _batch()
+    # N = 4 draws for 3 utterances; utterance 0 draws [3, 5] three times,
+    # utterance 2 draws the empty sequence twice.
+    samples = [
+        [[3, 5], [1, 2], []],
+        [[3, 5], [1], [4]],
+        [[3, 5], [1, 2], []],
+        [[6], [1], [4, 4]],
+    ]
+    monkeypatch.setattr(kd_mod, "_sampled_sequences", lambda *a, **k: samples)
+    params = _params(kd_sampler="teacher", kd_num_samples=4, kd_node_weights=kind)
+    enc_s = enc.clone().requires_grad_(True)
+    t_out, s_out = _outputs(teacher, student, enc, enc_s, lens, y_padded, y_lens)
+    out = compute_kd_losses(teacher, student, t_out, s_out, y_padded, y_lens, params, None)
+    rows = sum(len({tuple(s[b]) for s in samples}) for b in range(3))
+    assert out["kd_samp_distinct"].item() == pytest.approx(rows / 12)
+    (g_dedup,) = torch.autograd.grad(out["kd_samp"], enc_s)
+
+    # reference: each of the N draws on its own, averaged
+    enc_r = enc.clone().requires_grad_(True)
+    ref = 0.0
+    for seqs in samples:
+        y = torch.zeros(3, max(map(len, seqs)), dtype=torch.int64)
+        for b, s in enumerate(seqs):
+            y[b, : len(s)] = torch.tensor(s, dtype=torch.int64)
+        yl = torch.tensor([len(s) for s in seqs])
+        ref = ref + kd_mod._lattice_kd(teacher, student, enc, enc_r, lens, y, yl, params, None)
+    ref = ref / len(samples)
+    (g_ref,) = torch.autograd.grad(ref, enc_r)
+    assert out["kd_samp"].item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(g_dedup, g_ref, rtol=1e-4, atol=1e-6)

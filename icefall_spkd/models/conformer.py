@@ -6,7 +6,24 @@ Layout of one block (pre-LayerNorm residual branches, "macaron" feed-forward)::
     x = x + MHSA(LN(x), key_padding_mask)          # rotary position embedding
     x = x + Conv(LN(x), padding_mask)
     x = x + 1/2 * FF2(LN(x))
-    x = LN(x)
+
+The encoder output is the residual stream itself: no LayerNorm at the end of
+each block (the original Conformer has one) and none after the last block.
+Measured on the 3-hour synthetic corpus with a CTC probe (4 blocks, dim 96,
+characters, Adam 1e-3, 40 s batches, same seed; CER on 40 dev utterances
+after 500 updates): per-block output norms 74.8 %, one final norm only
+74.3 %, no output norm 60.7 % (54.5 % after 800 updates). A normalised output
+pins the scale of what the output layers see, and with Adam's fixed-size
+steps the logits then take far longer to become confident.
+
+Input normalisation: features are first mapped to ``(x - feature_mean) /
+feature_std`` per bin (global CMVN). The two ``(F,)`` buffers are identity
+until :meth:`Conformer.set_feature_stats` sets them (``train.py`` does, from
+the training cuts, before the first update); they are saved in the state
+dict, so checkpoints and exported models carry their statistics. Log-mel
+fbank is around mean -6 / std 5; unnormalised input made the same probe
+learn about half as fast (87.0 % vs 74.8 % CER after 500 updates, with
+per-block norms).
 
 Positions: multi-head self-attention uses rotary position embedding (RoPE,
 Su et al. 2021) on queries and keys, so attention scores depend only on the
@@ -218,7 +235,6 @@ class ConformerLayer(nn.Module):
         self.norm_attn = nn.LayerNorm(d_model)
         self.norm_conv = nn.LayerNorm(d_model)
         self.norm_ff2 = nn.LayerNorm(d_model)
-        self.norm_out = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, padding_mask: Tensor) -> Tensor:
@@ -226,8 +242,7 @@ class ConformerLayer(nn.Module):
         x = x + 0.5 * self.dropout(self.ff1(self.norm_ff1(x)))
         x = x + self.dropout(self.attn(self.norm_attn(x), padding_mask))
         x = x + self.dropout(self.conv(self.norm_conv(x), padding_mask))
-        x = x + 0.5 * self.dropout(self.ff2(self.norm_ff2(x)))
-        return self.norm_out(x)
+        return x + 0.5 * self.dropout(self.ff2(self.norm_ff2(x)))
 
 
 class Conformer(EncoderInterface):
@@ -260,12 +275,28 @@ class Conformer(EncoderInterface):
         self.output_dim = d_model
         if subsampling_channels is None:
             subsampling_channels = max(8, d_model // 4)
+        self.register_buffer("feature_mean", torch.zeros(num_features))
+        self.register_buffer("feature_std", torch.ones(num_features))
         self.subsampling = Conv2dSubsampling(num_features, d_model, subsampling_channels)
         self.input_dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
             ConformerLayer(d_model, num_heads, feedforward_dim, cnn_module_kernel, dropout)
             for _ in range(num_layers)
         )
+
+    def set_feature_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Set the global CMVN statistics: ``mean``, ``std`` of shape ``(F,)``; ``std > 0``."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if mean.numel() != self.feature_mean.numel() or std.numel() != self.feature_std.numel():
+            raise ValueError(
+                f"feature stats must have {self.feature_mean.numel()} bins, "
+                f"got mean {mean.numel()} / std {std.numel()}"
+            )
+        if not bool((std > 0).all()):
+            raise ValueError("feature std must be positive in every bin")
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std)
 
     def forward(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
         """Encode a padded batch.
@@ -279,6 +310,7 @@ class Conformer(EncoderInterface):
           (padded frames are zero) and ``encoder_out_lens`` ``(N,)`` int64
           ``= ((x_lens - 1) // 2 - 1) // 2``.
         """
+        x = (x - self.feature_mean) / self.feature_std
         x = self.subsampling(x)
         out_lens = subsampled_lengths(x_lens.to(torch.int64))
         t = x.shape[1]
