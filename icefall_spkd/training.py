@@ -76,7 +76,13 @@ from icefall_spkd.teacher import (
     validate_kd_params,
 )
 from icefall_spkd.teacher import load_teacher as _load_teacher
-from icefall_spkd.utils import AttributeDict, num_parameters, pad_token_ids, setup_logger
+from icefall_spkd.utils import (
+    AttributeDict,
+    cpu_threads,
+    num_parameters,
+    pad_token_ids,
+    setup_logger,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -588,10 +594,7 @@ def run(rank: int, world_size: int, args: Any) -> None:
     else:
         # CPU: share the cores among the DDP processes (all of them for one
         # process), unless OMP_NUM_THREADS says how many threads to use.
-        threads = os.environ.get("OMP_NUM_THREADS", "")
-        torch.set_num_threads(
-            int(threads) if threads.isdigit() else max(1, (os.cpu_count() or 1) // world_size)
-        )
+        torch.set_num_threads(cpu_threads(world_size))
     _resolve_precision(params, device)
     logging.info(f"Device: {device}")
 

@@ -99,3 +99,16 @@ def setup_logger(log_filename: Union[str, Path], log_level: str = "info", rank: 
 def num_parameters(model: torch.nn.Module) -> int:
     """Number of parameters (all of them, trainable or not)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def cpu_threads(processes: int = 1) -> int:
+    """Torch threads for one of ``processes`` CPU processes on this machine.
+
+    ``OMP_NUM_THREADS`` (a positive integer) wins, so that a driver running
+    several jobs side by side can give each its share; otherwise the cores
+    are split evenly among the processes (at least one thread each).
+    """
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        return int(threads)
+    return max(1, (os.cpu_count() or 1) // max(1, processes))

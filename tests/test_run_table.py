@@ -77,3 +77,43 @@ def test_averaging_fits_the_run_length(run_table):
     assert run_table.averaging(args, 6) == (2, True)  # epochs 5..6 from epoch-4 and epoch-6
     assert run_table.averaging(args, 2) == (1, True)
     assert run_table.averaging(args, 1) == (1, False)  # no epoch-0: the last epoch as it is
+
+
+def test_jobs_run_the_teacher_first_then_every_student_once(run_table, monkeypatch, tmp_path):
+    """--jobs 2: teacher alone first, then each (row, seed) exactly once, one thread each."""
+    import json
+    import threading
+
+    order, lock = [], threading.Lock()
+
+    def fake_train(args, key, seed, exp_dir, teacher_ckpt):
+        with lock:
+            order.append((key, seed, run_table._THREADS.get("OMP_NUM_THREADS")))
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        (exp_dir / "train_time.json").write_text(json.dumps({"seconds": 1.0}))
+
+    monkeypatch.setattr(run_table, "train", fake_train)
+    monkeypatch.setattr(run_table, "export_teacher", lambda args, d: None)
+    monkeypatch.setattr(run_table, "decode", lambda args, key, d, m, sets: {})
+    monkeypatch.setattr(run_table, "count_params", lambda d, e: 10)
+    monkeypatch.setattr(run_table, "num_batches", lambda d, e: 5)
+    monkeypatch.setattr(run_table, "load_results", lambda root, order: [])
+    monkeypatch.setattr(run_table, "summarise", lambda *a: None)
+    monkeypatch.setattr(run_table, "render_markdown", lambda *a: "table")
+    monkeypatch.setattr(run_table, "plot_chart", lambda *a: None)
+    monkeypatch.setattr(run_table.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(run_table, "_THREADS", {})
+    monkeypatch.setattr(
+        "sys.argv",
+        ["run_table.py", "--rows", "baseline,pkd", "--exp-root", str(tmp_path), "--jobs", "2",
+         "--extra-seeds", "43", "--extra-seed-rows", "baseline"],
+    )  # fmt: skip
+    run_table.main()
+    assert order[0] == ("teacher", 42, None)  # alone, before any student, all cores
+    assert sorted(order[1:]) == [("baseline", 42, "1"), ("baseline", 43, "1"), ("pkd", 42, "1")]
+    for key, seed in [("teacher", 42), ("baseline", 42), ("baseline", 43), ("pkd", 42)]:
+        assert (tmp_path / key / f"seed-{seed}" / "result.json").exists()
+    # a second run finds every result and trains nothing
+    order.clear()
+    run_table.main()
+    assert order == []

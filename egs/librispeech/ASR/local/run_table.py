@@ -27,11 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -77,6 +79,14 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-sets", default=",".join(TEST_SETS))
     p.add_argument("--train-args", default="", help="extra train.py arguments for every row")
     p.add_argument("--title", default="SP-KD comparison")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="student runs trained/decoded at the same time (after the teacher); each gets "
+        "cores // jobs threads (OMP_NUM_THREADS). On a small CPU, 2 one-thread jobs get more "
+        "done than 1 two-thread job.",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     return p
 
@@ -94,16 +104,20 @@ def _latest(exp_dir: Path, pattern: str, regex: str) -> int:
     return best
 
 
+_THREADS: Dict[str, str] = {}  # extra environment of every command (OMP_NUM_THREADS)
+
+
 def _run(cmd: List[str], dry_run: bool, log_file: Optional[Path] = None) -> None:
     logging.info("$ " + " ".join(shlex.quote(c) for c in cmd))
     if dry_run:
         return
+    env = {**os.environ, **_THREADS}
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "a") as f:
-            proc = subprocess.run(cmd, cwd=RECIPE, stdout=f, stderr=subprocess.STDOUT)
+            proc = subprocess.run(cmd, cwd=RECIPE, stdout=f, stderr=subprocess.STDOUT, env=env)
     else:
-        proc = subprocess.run(cmd, cwd=RECIPE)
+        proc = subprocess.run(cmd, cwd=RECIPE, env=env)
     if proc.returncode != 0:
         where = f"; see {log_file}" if log_file else ""
         raise SystemExit(f"command failed with exit code {proc.returncode}{where}: {' '.join(cmd)}")
@@ -227,7 +241,6 @@ def num_batches(exp_dir: Path, epoch: int) -> int:
 def provenance() -> str:
     """Command, date, machine and git revision, for the top of RESULTS.md."""
     import datetime
-    import os
     import platform
 
     try:
@@ -286,33 +299,50 @@ def main() -> None:
         rows = ["teacher"] + rows
     order = ["teacher"] + [r for r in rows if r != "teacher"] if "teacher" in rows else rows
 
-    for key in order:
-        row_seeds = seeds[:1] if key == "teacher" else seeds + (extra if key in extra_rows else [])
-        for seed in row_seeds:
-            exp_dir = exp_root / key / f"seed-{seed}"
-            result_file = exp_dir / "result.json"
-            if result_file.exists():
-                logging.info(f"{key} seed {seed}: done already ({result_file})")
-                continue
-            logging.info(f"=== {key} seed {seed}")
-            train(args, key, seed, exp_dir, teacher_ckpt)
-            if key == "teacher":
-                export_teacher(args, exp_dir)
-            wer = {m: decode(args, key, exp_dir, m, test_sets) for m in methods}
-            if args.dry_run:
-                continue
-            epochs = teacher_epochs if key == "teacher" else args.num_epochs
-            result = {
-                "row": key,
-                "seed": seed,
-                "params": count_params(exp_dir, epochs),
-                "num_batches": num_batches(exp_dir, epochs),
-                "train_seconds": json.loads((exp_dir / "train_time.json").read_text())["seconds"],
-                "wer": wer,
-            }
-            tmp = result_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=2))
-            tmp.replace(result_file)
+    def run_one(key: str, seed: int) -> None:
+        exp_dir = exp_root / key / f"seed-{seed}"
+        result_file = exp_dir / "result.json"
+        if result_file.exists():
+            logging.info(f"{key} seed {seed}: done already ({result_file})")
+            return
+        logging.info(f"=== {key} seed {seed}")
+        train(args, key, seed, exp_dir, teacher_ckpt)
+        if key == "teacher":
+            export_teacher(args, exp_dir)
+        wer = {m: decode(args, key, exp_dir, m, test_sets) for m in methods}
+        if args.dry_run:
+            return
+        epochs = teacher_epochs if key == "teacher" else args.num_epochs
+        result = {
+            "row": key,
+            "seed": seed,
+            "params": count_params(exp_dir, epochs),
+            "num_batches": num_batches(exp_dir, epochs),
+            "train_seconds": json.loads((exp_dir / "train_time.json").read_text())["seconds"],
+            "wer": wer,
+        }
+        tmp = result_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(result_file)
+        logging.info(f"{key} seed {seed}: finished ({result_file})")
+
+    tasks = [
+        (key, seed)
+        for key in order
+        for seed in (seeds[:1] if key == "teacher" else seeds + (extra if key in extra_rows else []))
+    ]
+    cores = os.cpu_count() or 1
+    if tasks and tasks[0][0] == "teacher":  # every student needs it: alone, all cores
+        run_one(*tasks.pop(0))
+    if args.jobs > 1 and not args.dry_run:
+        _THREADS["OMP_NUM_THREADS"] = str(max(1, cores // args.jobs))
+        logging.info(f"{len(tasks)} runs, {args.jobs} at a time, {_THREADS['OMP_NUM_THREADS']} thread(s) each")
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for fut in [pool.submit(run_one, *t) for t in tasks]:
+                fut.result()  # re-raise the first failure
+    else:
+        for t in tasks:
+            run_one(*t)
 
     if args.dry_run:
         return

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -36,7 +35,7 @@ from icefall_spkd.decoding import (
 )
 from icefall_spkd.models.presets import add_model_arguments, build_model
 from icefall_spkd.training import get_params, load_bpe
-from icefall_spkd.utils import num_parameters, setup_logger
+from icefall_spkd.utils import cpu_threads, num_parameters, setup_logger
 
 TEST_SETS = ("dev", "test-clean", "test-other")
 
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # On GPU one CPU thread is enough; on CPU the encoder uses every core.
-    torch.set_num_threads(1 if torch.cuda.is_available() else max(1, os.cpu_count() or 1))
+    # On GPU one CPU thread is enough; on CPU every core (or OMP_NUM_THREADS).
+    torch.set_num_threads(1 if torch.cuda.is_available() else cpu_threads())
     torch.set_num_interop_threads(1)
     main()
