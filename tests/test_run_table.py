@@ -117,3 +117,16 @@ def test_jobs_run_the_teacher_first_then_every_student_once(run_table, monkeypat
     order.clear()
     run_table.main()
     assert order == []
+
+
+def test_exp_root_made_with_other_settings_is_refused(run_table, tmp_path):
+    args = run_table.get_parser().parse_args(["--bpe-model", "data/lang_bpe_50/bpe.model"])
+    run_table.check_settings(args, tmp_path)
+    run_table.check_settings(args, tmp_path)  # same settings: fine
+    other = run_table.get_parser().parse_args(["--bpe-model", "data/lang_bpe_500/bpe.model"])
+    with pytest.raises(SystemExit, match="bpe_model"):
+        run_table.check_settings(other, tmp_path)
+    rows_only = run_table.get_parser().parse_args(
+        ["--bpe-model", "data/lang_bpe_50/bpe.model", "--rows", "baseline", "--jobs", "2"]
+    )
+    run_table.check_settings(rows_only, tmp_path)  # rows and jobs do not change results

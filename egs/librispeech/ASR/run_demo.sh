@@ -13,17 +13,24 @@
 set -eou pipefail
 
 train_hours=3.0
-num_epochs=3
+num_epochs=2
 teacher_epochs=3
 teacher_preset=small
 student_preset=tiny
-max_duration=100
-# A 3-hour corpus gives about 110 batches per epoch at --max-duration 100, so
-# the warm-ups and the Eden schedule are shortened from LibriSpeech's values.
-train_args="--warm-step 300 --lr-warmup-batches 100 --lr-batches 500 --lr-epochs 4"
+max_duration=40
+# 40 s batches give about 280 updates per epoch of the 3-hour corpus. The
+# warm-ups and the Eden schedule are shortened from LibriSpeech's values to
+# match; the peak learning rate is for AdamW (see icefall_spkd/optim.py).
+train_args="--base-lr 2e-3 --warm-step 500 --lr-warmup-batches 200 --lr-batches 3000 --lr-epochs 10"
 rows=teacher,baseline,pkd,spkd-n2
 exp_root=demo_exp
-vocab_size=500
+# A 50-token vocabulary (letters plus the commonest pieces): on 3 hours of
+# speech, BPE 500's rarer tokens are seen too seldom to be learnt. Dev WER
+# of a tiny student (greedy): after 3 epochs 97.2 % with BPE 500 and 92.4 %
+# with BPE 50; BPE 500 was still at 98.9 % after 6, BPE 50 at 82.6 % after 7.
+vocab_size=50
+# Student runs trained side by side, each on cores/jobs threads.
+jobs=2
 
 recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$recipe_dir"
@@ -41,6 +48,7 @@ start=$(date +%s)
   --max-duration "$max_duration" \
   --bpe-model "data/lang_bpe_${vocab_size}/bpe.model" \
   --decoding-methods modified_beam_search \
+  --jobs "$jobs" \
   --train-args "$train_args" \
   --title "make demo: reduced SP-KD table on the synthetic corpus"
 echo "make demo finished in $(( ($(date +%s) - start) / 60 )) min; table: $recipe_dir/$exp_root/RESULTS.md"

@@ -275,6 +275,38 @@ def provenance() -> str:
     )
 
 
+# Settings that change what a run produces; a finished row is reused only
+# when they are the same as when it was made.
+RESULT_SETTINGS = (
+    "seeds", "teacher_preset", "student_preset", "teacher_epochs", "num_epochs", "avg",
+    "max_duration", "bpe_model", "kd_scale", "kd_sampling_scale", "kd_temperature",
+    "kd_prune_range", "kd_sample_temperature", "train_args",
+)  # fmt: skip
+
+
+def check_settings(args: argparse.Namespace, exp_root: Path) -> None:
+    """Record the settings in ``<exp-root>/settings.json``; refuse to mix runs made with others.
+
+    Raises:
+      SystemExit: the experiment root holds runs made with different settings
+        (names each one); use another ``--exp-root`` or delete the old one.
+    """
+    wanted = {k: getattr(args, k) for k in RESULT_SETTINGS}
+    path = exp_root / "settings.json"
+    if path.exists():
+        found = json.loads(path.read_text())
+        diff = [k for k in RESULT_SETTINGS if k in found and found[k] != wanted[k]]
+        if diff:
+            lines = "\n".join(f"  {k}: {found[k]!r} there, {wanted[k]!r} now" for k in diff)
+            raise SystemExit(
+                f"{exp_root} holds runs made with other settings:\n{lines}\n"
+                "Use another --exp-root, or delete that directory to start again."
+            )
+    if not args.dry_run:
+        exp_root.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(wanted, indent=2))
+
+
 def main() -> None:
     args = get_parser().parse_args()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
@@ -298,6 +330,8 @@ def main() -> None:
     if needs_teacher and "teacher" not in rows:
         rows = ["teacher"] + rows
     order = ["teacher"] + [r for r in rows if r != "teacher"] if "teacher" in rows else rows
+
+    check_settings(args, exp_root)
 
     def run_one(key: str, seed: int) -> None:
         exp_dir = exp_root / key / f"seed-{seed}"
