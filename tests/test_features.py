@@ -54,3 +54,34 @@ def test_make_extractor_backends() -> None:
     assert type(make_fbank_extractor("auto")).__name__ == expected
     with pytest.raises(ValueError, match="Unknown fbank backend"):
         make_fbank_extractor("mfcc")
+
+
+def test_global_feature_stats_pools_every_frame(tmp_path) -> None:
+    """Mean/std over all frames of all cuts (not a mean of per-cut means); clear error without features."""
+    import numpy as np
+    from lhotse import CutSet, MonoCut, NumpyFilesWriter
+
+    from icefall_spkd.features import global_feature_stats
+
+    rng = np.random.default_rng(0)
+    mats = [rng.normal(-5, 3, size=(n, 4)).astype(np.float32) for n in (10, 50, 7)]
+    cuts = []
+    with NumpyFilesWriter(tmp_path) as w:
+        for i, m in enumerate(mats):
+            key = w.write(f"c{i}", m)
+            from lhotse import Features
+
+            feats = Features(
+                type="fbank", num_frames=m.shape[0], num_features=4, frame_shift=0.01,
+                sampling_rate=16000, start=0.0, duration=m.shape[0] * 0.01,
+                storage_type=w.name, storage_path=str(tmp_path), storage_key=key,
+            )  # fmt: skip
+            cuts.append(MonoCut(f"c{i}", 0.0, feats.duration, 0, features=feats))
+    mean, std = global_feature_stats(CutSet.from_cuts(cuts))
+    allf = np.concatenate(mats)
+    np.testing.assert_allclose(mean.numpy(), allf.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std.numpy(), allf.std(0), rtol=1e-4)
+    mean2, _ = global_feature_stats(CutSet.from_cuts(cuts), max_cuts=1)
+    np.testing.assert_allclose(mean2.numpy(), mats[0].mean(0), rtol=1e-5)
+    with pytest.raises(ValueError, match="no precomputed features"):
+        global_feature_stats(CutSet.from_cuts([MonoCut("bare", 0.0, 1.0, 0)]))

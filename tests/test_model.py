@@ -74,6 +74,44 @@ def test_padding_does_not_change_valid_outputs():
     assert (out1[1, n:] == 0).all()  # padded output frames are zero
 
 
+def test_feature_stats_normalise_the_input():
+    """set_feature_stats(mean, std) == feeding (x - mean) / std to an identity-stats encoder."""
+    enc = _encoder()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 40, 80, generator=g) * 4 - 6
+    lens = torch.tensor([40, 31])
+    mean, std = torch.randn(80, generator=g) - 6, torch.rand(80, generator=g) * 3 + 1
+    with torch.no_grad():
+        plain, _ = enc((x - mean) / std, lens)
+        enc.set_feature_stats(mean, std)
+        normed, _ = enc(x, lens)
+    torch.testing.assert_close(normed, plain, rtol=1e-5, atol=1e-5)
+    assert torch.equal(enc.state_dict()["feature_std"], std)  # saved with the weights
+    with pytest.raises(ValueError, match="positive"):
+        enc.set_feature_stats(mean, torch.zeros(80))
+    with pytest.raises(ValueError, match="80 bins"):
+        enc.set_feature_stats(torch.zeros(3), torch.ones(3))
+
+
+@pytest.mark.parametrize("where", ["block", "final"])
+def test_output_norm_options(where):
+    """'block' normalises every block's output, 'final' only the encoder output; 'none' neither."""
+    torch.manual_seed(0)
+    kw = dict(num_features=80, d_model=32, num_heads=4, feedforward_dim=64, num_layers=2,
+              cnn_module_kernel=7, dropout=0.0)  # fmt: skip
+    enc = Conformer(**kw, output_norm=where).eval()
+    x = torch.randn(1, 40, 80) * 5
+    with torch.no_grad():
+        out, _ = enc(x, torch.tensor([40]))
+    # LayerNorm output (default affine): zero mean, unit variance per frame
+    torch.testing.assert_close(out.mean(-1), torch.zeros(1, out.shape[1]), atol=1e-5, rtol=0)
+    assert enc.layers[0].norm_out.__class__.__name__ == (
+        "LayerNorm" if where == "block" else "Identity"
+    )
+    with pytest.raises(ValueError, match="output_norm"):
+        Conformer(**kw, output_norm="sometimes")
+
+
 def test_rotary_scores_depend_on_offset_only():
     rope = RotaryEmbedding(8)
     g = torch.Generator().manual_seed(0)
