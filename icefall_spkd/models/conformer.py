@@ -14,7 +14,8 @@ with ``egs/librispeech/ASR/local/ctc_probe.py`` (a 4-block, 96-dim encoder
 with a CTC head over letters on the 3-hour synthetic corpus, Adam 1e-3,
 40 s batches, same seed; greedy CER on 40 dev utterances): after 500 / 800
 updates, no output norm 57.1 % / 48.4 %, per-block output norms (the
-original layout) 76.3 % / 75.1 %. A normalised output pins the scale of
+original layout) 76.3 % / 75.1 %; one norm after the last block 59.4 % after
+500 (74.3 % after 400). A normalised output pins the scale of
 what the output layers see, and with Adam's fixed-size steps their logits
 take far longer to become confident; on this corpus that kept the
 transducers on the "label prior only" plateau for thousands of updates.
@@ -24,7 +25,8 @@ feature_std`` per bin (global CMVN). The two ``(F,)`` buffers are identity
 until :meth:`Conformer.set_feature_stats` sets them (``train.py`` does, from
 the training cuts, before the first update); they are saved in the state
 dict, so checkpoints and exported models carry their statistics. Log-mel
-fbank is around mean -6 / std 5 per bin.
+fbank is around mean -6 / std 5 per bin; without CMVN the same probe was at
+69.8 % CER after 500 updates (57.1 % with it).
 
 Positions: multi-head self-attention uses rotary position embedding (RoPE,
 Su et al. 2021) on queries and keys, so attention scores depend only on the
