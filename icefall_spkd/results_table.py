@@ -19,6 +19,7 @@ import json
 import math
 import re
 import statistics
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -270,7 +271,8 @@ def plot_chart(
         [TABLE_ROWS[k].label if k in TABLE_ROWS else k for k in keys], rotation=30, ha="right"
     )
     ax.set_ylabel("WER (%)")
-    ax.set_title(title)
+    # wrap each line of a long title so that it stays inside the figure
+    ax.set_title("\n".join(textwrap.fill(line, 60) for line in title.split("\n")), fontsize=10)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
