@@ -94,7 +94,9 @@ def test_jobs_run_the_teacher_first_then_every_student_once(run_table, monkeypat
 
     monkeypatch.setattr(run_table, "train", fake_train)
     monkeypatch.setattr(run_table, "export_teacher", lambda args, d: None)
-    monkeypatch.setattr(run_table, "decode", lambda args, key, d, m, sets: {})
+    monkeypatch.setattr(
+        run_table, "decode", lambda args, key, d, m, sets: {s: {"wer": 1.0} for s in sets}
+    )
     monkeypatch.setattr(run_table, "count_params", lambda d, e: 10)
     monkeypatch.setattr(run_table, "num_batches", lambda d, e: 5)
     monkeypatch.setattr(run_table, "load_results", lambda root, order: [])
@@ -130,3 +132,66 @@ def test_exp_root_made_with_other_settings_is_refused(run_table, tmp_path):
         ["--bpe-model", "data/lang_bpe_50/bpe.model", "--rows", "baseline", "--jobs", "2"]
     )
     run_table.check_settings(rows_only, tmp_path)  # rows and jobs do not change results
+
+
+def _finished_run(root: Path, key: str, seed: int, sets=("dev", "test-clean")) -> Path:
+    import json
+
+    d = root / key / f"seed-{seed}"
+    d.mkdir(parents=True)
+    wer = {"modified_beam_search": {s: {"wer": 50.0} for s in sets}}
+    (d / "result.json").write_text(json.dumps({"row": key, "seed": seed, "wer": wer}))
+    return d
+
+
+def test_reuse_links_only_runs_made_with_the_settings_their_row_depends_on(run_table, tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    made = run_table.get_parser().parse_args(["--kd-scale", "0.5"])
+    run_table.check_settings(made, src)
+    for key in ("teacher", "baseline", "pkd"):
+        _finished_run(src, key, 42)
+    # other KD settings: the teacher and the baseline are reused, the PKD run is not
+    args = run_table.get_parser().parse_args(["--kd-scale", "1.0"])
+    tasks = [("teacher", 42), ("baseline", 42), ("baseline", 43), ("pkd", 42)]
+    run_table.link_reusable_runs(args, dst, tasks, [src])
+    assert (dst / "teacher/seed-42").resolve() == (src / "teacher/seed-42").resolve()
+    assert (dst / "baseline/seed-42").is_symlink()
+    assert not (dst / "baseline/seed-43").exists()  # no such run in src: trained here
+    assert not (dst / "pkd/seed-42").exists()
+    # other student epochs: nothing the students made is reused, the teacher still is
+    dst2 = tmp_path / "dst2"
+    args2 = run_table.get_parser().parse_args(["--kd-scale", "0.5", "--num-epochs", "9"])
+    run_table.link_reusable_runs(args2, dst2, tasks, [src])
+    assert (dst2 / "teacher/seed-42").is_symlink()
+    assert not (dst2 / "baseline/seed-42").exists() and not (dst2 / "pkd/seed-42").exists()
+
+
+def test_a_finished_run_is_decoded_for_a_missing_test_set(run_table, monkeypatch, tmp_path):
+    """A result without a requested set is decoded for it only; the old sets are kept."""
+    import json
+
+    d = _finished_run(tmp_path, "baseline", 42, sets=("dev",))
+    (d / "train_time.json").write_text(json.dumps({"seconds": 3.0}))
+    decoded = []
+
+    def fake_decode(args, key, exp_dir, method, sets):
+        decoded.append(sets)
+        return {s: {"wer": 60.0} for s in sets}
+
+    monkeypatch.setattr(run_table, "train", lambda *a: None)
+    monkeypatch.setattr(run_table, "decode", fake_decode)
+    monkeypatch.setattr(run_table, "count_params", lambda d, e: 10)
+    monkeypatch.setattr(run_table, "num_batches", lambda d, e: 5)
+    monkeypatch.setattr(run_table, "summarise", lambda *a: None)
+    monkeypatch.setattr(run_table, "render_markdown", lambda *a: "table")
+    monkeypatch.setattr(run_table, "plot_chart", lambda *a: None)
+    argv = ["run_table.py", "--rows", "baseline", "--exp-root", str(tmp_path),
+            "--decoding-methods", "modified_beam_search"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv + ["--test-sets", "dev"])
+    run_table.main()
+    assert decoded == []  # dev is there: nothing to do
+    monkeypatch.setattr("sys.argv", argv + ["--test-sets", "test-other"])
+    run_table.main()
+    assert decoded == [["test-other"]]
+    wer = json.loads((d / "result.json").read_text())["wer"]["modified_beam_search"]
+    assert wer == {"dev": {"wer": 50.0}, "test-other": {"wer": 60.0}}

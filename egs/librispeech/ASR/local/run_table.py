@@ -13,13 +13,24 @@ Usage (from egs/librispeech/ASR, after ./prepare.sh)::
     # extra seeds for the rows whose spread matters
     ./local/run_table.py --seeds 42 --extra-seeds 43,44 --extra-seed-rows baseline,spkd-n2
 
+    # KD rows with other KD settings, reusing the teacher and baseline of a table
+    ./local/run_table.py --rows baseline,pkd,spkd-n2 --exp-root table_lam1 \
+        --reuse-from table --kd-scale 1.0
+
 Every run lives in ``<exp-root>/<row>/seed-<seed>/``. The teacher is trained
 once (first seed) and every student row distils from its final epoch. The
 driver is resumable: a run with a ``result.json`` is skipped, a training run
 that stopped part-way resumes from its newest ``epoch-N.pt`` or
 ``checkpoint-<batch>.pt``, and decoding is redone only where its ``errs-*``
 file is missing. Wall-clock training time is accumulated across resumptions
-in ``train_time.json``.
+in ``train_time.json``. A finished run that lacks a requested test set or
+decoding method is decoded for it and its ``result.json`` extended.
+
+``--reuse-from ROOT`` links finished runs of another experiment root into this
+one instead of training them again: ``<exp-root>/<row>/seed-<s>`` becomes a
+link to ``ROOT/<row>/seed-<s>`` when ROOT made that run with the settings the
+row depends on (the teacher and the baseline do not depend on the KD settings;
+the KD rows depend on all of them).
 """
 
 from __future__ import annotations
@@ -53,7 +64,9 @@ TEST_SETS = ["dev", "test-clean", "test-other"]
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rows", default=",".join(TABLE_ROWS), help="comma-separated row keys")
     p.add_argument("--exp-root", type=Path, default=Path("table"))
     p.add_argument("--results", type=Path, default=None, help="default: <exp-root>/RESULTS.md")
@@ -86,6 +99,14 @@ def get_parser() -> argparse.ArgumentParser:
         help="student runs trained/decoded at the same time (after the teacher); each gets "
         "cores // jobs threads (OMP_NUM_THREADS). On a small CPU, 2 one-thread jobs get more "
         "done than 1 two-thread job.",
+    )
+    p.add_argument(
+        "--reuse-from",
+        type=Path,
+        action="append",
+        default=[],
+        help="another experiment root whose finished runs are linked in, not retrained, when "
+        "they were made with the settings their row depends on (repeatable)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     return p
@@ -143,7 +164,9 @@ def train(args, key: str, seed: int, exp_dir: Path, teacher_ckpt: Optional[Path]
     last_batch = _latest(exp_dir, "checkpoint-*.pt", r"checkpoint-(\d+)\.pt")
     epoch_file = exp_dir / f"epoch-{done_epoch}.pt"
     batch_file = exp_dir / f"checkpoint-{last_batch}.pt"
-    if last_batch and (not epoch_file.exists() or batch_file.stat().st_mtime > epoch_file.stat().st_mtime):
+    if last_batch and (
+        not epoch_file.exists() or batch_file.stat().st_mtime > epoch_file.stat().st_mtime
+    ):
         cmd += ["--start-batch", str(last_batch)]
     elif done_epoch:
         cmd += ["--start-epoch", str(done_epoch + 1)]
@@ -249,7 +272,9 @@ def provenance() -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=RECIPE, capture_output=True, text=True,
+            cwd=RECIPE,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         rev = rev + (" (with uncommitted changes)" if dirty else "")
     except OSError:
@@ -282,6 +307,62 @@ RESULT_SETTINGS = (
     "max_duration", "bpe_model", "kd_scale", "kd_sampling_scale", "kd_temperature",
     "kd_prune_range", "kd_sample_temperature", "train_args",
 )  # fmt: skip
+
+
+# Settings that the teacher and the no-KD student do not depend on.
+KD_SETTINGS = (
+    "kd_scale", "kd_sampling_scale", "kd_temperature", "kd_prune_range", "kd_sample_temperature",
+)  # fmt: skip
+
+
+def row_settings(key: str) -> tuple:
+    """The entries of ``RESULT_SETTINGS`` that a run of row ``key`` depends on.
+
+    The seed is not among them (it names the run's directory); the teacher
+    does not depend on the student's preset or epochs, the baseline not on the
+    teacher or the KD settings.
+    """
+    row = TABLE_ROWS[key]
+    skip = {"seeds"}
+    if row.is_teacher:
+        skip |= {"student_preset", "num_epochs", *KD_SETTINGS}
+    elif not row.uses_teacher:
+        skip |= {"teacher_preset", "teacher_epochs", *KD_SETTINGS}
+    return tuple(k for k in RESULT_SETTINGS if k not in skip)
+
+
+def link_reusable_runs(
+    args: argparse.Namespace, exp_root: Path, tasks: List[tuple], sources: List[Path]
+) -> None:
+    """Link finished runs of other experiment roots into ``exp_root`` (see ``--reuse-from``).
+
+    A run ``(row, seed)`` is linked from the first source whose
+    ``settings.json`` agrees with ours on ``row_settings(row)`` and that holds
+    ``<row>/seed-<seed>/result.json``. Runs already present in ``exp_root``
+    are left alone.
+    """
+    wanted = {k: getattr(args, k) for k in RESULT_SETTINGS}
+    for src in sources:
+        src = (src if src.is_absolute() else RECIPE / src).resolve()
+        settings_file = src / "settings.json"
+        if not settings_file.exists():
+            raise SystemExit(
+                f"--reuse-from {src}: no settings.json there; is it a run_table.py root?"
+            )
+        found = json.loads(settings_file.read_text())
+        # settings the source does not record were at their defaults when it was made
+        found = {**vars(get_parser().parse_args([])), **found}
+        for key, seed in tasks:
+            here = exp_root / key / f"seed-{seed}"
+            there = src / key / f"seed-{seed}"
+            if here.exists() or here.is_symlink() or not (there / "result.json").exists():
+                continue
+            if any(found[k] != wanted[k] for k in row_settings(key)):
+                continue
+            if not args.dry_run:
+                here.parent.mkdir(parents=True, exist_ok=True)
+                here.symlink_to(there, target_is_directory=True)
+            logging.info(f"{key} seed {seed}: reusing {there}")
 
 
 def check_settings(args: argparse.Namespace, exp_root: Path) -> None:
@@ -336,7 +417,8 @@ def main() -> None:
     def run_one(key: str, seed: int) -> None:
         exp_dir = exp_root / key / f"seed-{seed}"
         result_file = exp_dir / "result.json"
-        if result_file.exists():
+        old = json.loads(result_file.read_text()) if result_file.exists() else None
+        if old is not None and all(s in old["wer"].get(m, {}) for m in methods for s in test_sets):
             logging.info(f"{key} seed {seed}: done already ({result_file})")
             return
         logging.info(f"=== {key} seed {seed}")
@@ -346,6 +428,8 @@ def main() -> None:
         wer = {m: decode(args, key, exp_dir, m, test_sets) for m in methods}
         if args.dry_run:
             return
+        if old is not None:  # a finished run decoded for more sets or methods: keep the old ones
+            wer = {m: {**old["wer"].get(m, {}), **wer.get(m, {})} for m in {*old["wer"], *wer}}
         epochs = teacher_epochs if key == "teacher" else args.num_epochs
         result = {
             "row": key,
@@ -363,14 +447,19 @@ def main() -> None:
     tasks = [
         (key, seed)
         for key in order
-        for seed in (seeds[:1] if key == "teacher" else seeds + (extra if key in extra_rows else []))
+        for seed in (
+            seeds[:1] if key == "teacher" else seeds + (extra if key in extra_rows else [])
+        )
     ]
+    link_reusable_runs(args, exp_root, tasks, args.reuse_from)
     cores = os.cpu_count() or 1
     if tasks and tasks[0][0] == "teacher":  # every student needs it: alone, all cores
         run_one(*tasks.pop(0))
     if args.jobs > 1 and not args.dry_run:
         _THREADS["OMP_NUM_THREADS"] = str(max(1, cores // args.jobs))
-        logging.info(f"{len(tasks)} runs, {args.jobs} at a time, {_THREADS['OMP_NUM_THREADS']} thread(s) each")
+        logging.info(
+            f"{len(tasks)} runs, {args.jobs} at a time, {_THREADS['OMP_NUM_THREADS']} thread(s) each"
+        )
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for fut in [pool.submit(run_one, *t) for t in tasks]:
                 fut.result()  # re-raise the first failure
