@@ -519,6 +519,83 @@ def _pad(seqs: Sequence[Sequence[int]], device: torch.device) -> Tuple[Tensor, T
     return y.to(device), torch.tensor(lens, dtype=torch.int64, device=device)
 
 
+def _stateless_context_size(model: Any) -> Optional[int]:
+    """``context_size`` of the project's stateless decoder (output ``u`` a function of
+    that many last tokens), or None for any other decoder."""
+    from icefall_spkd.models.decoder import Decoder
+
+    decoder = getattr(model, "decoder", None)
+    return int(decoder.context_size) if isinstance(decoder, Decoder) else None
+
+
+def _shared_node_kd(
+    teacher: Any,
+    student: Any,
+    t_enc: Tensor,
+    s_enc: Tensor,
+    t_dec: Tensor,
+    s_dec: Tensor,
+    y_padded: Tensor,
+    ranges: Tensor,
+    weights: Tensor,
+    row_utt: Tensor,
+    context_size: int,
+    blank_id: int,
+    vocab_size: int,
+    tau: float,
+) -> Tuple[Tensor, int, int]:
+    """``sum w * KL * tau^2`` over the window nodes, each distinct node computed once.
+
+    With stateless decoders (output ``u`` a function of the last
+    ``context_size`` tokens), a node's logits depend only on (utterance,
+    frame, last ``context_size`` tokens), for the teacher and the student
+    alike. Sampled sequences of one utterance share most of their tokens, so
+    their KD windows repeat many such nodes (about a third of them with N = 4
+    on the synthetic corpus). Each distinct node is evaluated once, by both
+    joiners, and its KL weighted by the sum of the weights of its copies: the
+    same loss, and the same gradient (the student's joiner and decoder have no
+    dropout, so the copies' logits are equal), for fewer joiner evaluations.
+
+    Args:
+      t_enc, s_enc: ``(B, T, C)`` encoder outputs of the rows (rows of one
+        utterance hold the same values).
+      t_dec, s_dec: ``(B, U+1, D)`` decoder outputs on ``[blank] + y``.
+      y_padded: ``(B, U)`` tokens of each row.
+      ranges: ``(B, T, R)`` window; weights: ``(B, T, R)``, zero off the window.
+      row_utt: ``(B,)`` utterance of each row.
+    Returns:
+      ``(loss, distinct nodes, weighted nodes)``.
+    """
+    B, T, R = ranges.shape
+    device = ranges.device
+    live = weights != 0
+    # the context of node u is tokens u-context_size+1 .. u, i.e. ypad[u .. u+cs-1]
+    ypad = F.pad(y_padded, (context_size, 0), value=blank_id)
+    top = ypad.shape[1] - context_size
+    key = row_utt.view(B, 1, 1) * T + torch.arange(T, device=device).view(1, T, 1)
+    for j in range(context_size):
+        tok = ypad.gather(1, (ranges.clamp(max=top) + j).reshape(B, -1)).view(B, T, R)
+        key = key * vocab_size + tok
+    where = live.nonzero()  # (M, 3): (row, t, k)
+    keys = key[live]
+    uniq, inverse = torch.unique(keys, return_inverse=True)
+    M, D = keys.numel(), uniq.numel()
+    # one representative (the first copy) of every distinct node
+    first = torch.full((D,), M, dtype=torch.int64, device=device)
+    first.scatter_reduce_(0, inverse, torch.arange(M, device=device), reduce="amin")
+    rb, rt, rk = where.index_select(0, first).unbind(1)
+    ru = ranges[rb, rt, rk]
+    w = torch.zeros(D, dtype=torch.float32, device=device).index_add_(
+        0, inverse, weights[live].float()
+    )
+    with torch.no_grad():
+        zt = teacher.joiner(t_enc[rb, rt], t_dec[rb, ru], project_input=True)
+    zs = student.joiner(s_enc[rb, rt], s_dec[rb, ru], project_input=True)
+    ones = torch.ones(1, D, dtype=torch.bool, device=device)
+    kl = _masked_kl(zt.unsqueeze(0), zs.unsqueeze(0), ones, tau).squeeze(0)
+    return (kl * w.to(kl.dtype)).sum() * (tau**2), D, M
+
+
 def _lattice_kd(
     teacher: Any,
     student: Any,
@@ -533,11 +610,17 @@ def _lattice_kd(
     student_out: Any = None,
     tag: str = "ref",
     row_weights: Optional[Tensor] = None,
+    row_utt: Optional[Tensor] = None,
+    stats: Optional[Dict[str, float]] = None,
 ) -> Tensor:
     """KD loss (per --kd-loss) of one label sequence per utterance.
 
     ``row_weights`` (``(B,)``, optional) multiplies each row's loss (used to
     count a de-duplicated sampled sequence as many times as it was drawn).
+    ``row_utt`` (``(B,)``, the utterance of each row) allows
+    :func:`_shared_node_kd` (PKD, uniform node weights, stateless decoders,
+    ``--kd-share-nodes``); it then records ``distinct_nodes`` / ``nodes`` in
+    ``stats``.
 
     With ``teacher_out`` / ``student_out`` (the reference transcripts) their
     decoder outputs and simple-loss occupancies are reused; otherwise the
@@ -613,6 +696,30 @@ def _lattice_kd(
             start = torch.arange(R, device=device).view(1, 1, R).expand(B, T, R)
             ranges = torch.where(empty.view(B, 1, 1), start, ranges)
 
+    kind = _get(params, "kd_node_weights", "uniform")
+    t_cs, s_cs = _stateless_context_size(teacher), _stateless_context_size(student)
+    if (
+        row_utt is not None
+        and kind == "uniform"
+        and bool(_get(params, "kd_share_nodes", True))
+        and t_cs is not None
+        and s_cs is not None
+    ):
+        sec.__exit__(None, None, None)
+        with _section(tag + ":shared_nodes"):
+            weights = node_weights_from_lattice(kind, None, None, boundary, ranges)
+            if row_weights is not None:
+                weights = weights * row_weights.to(weights.dtype).view(-1, 1, 1)
+            vocab = int(teacher.joiner.output_linear.out_features)  # token ids are below it
+            loss, distinct, nodes = _shared_node_kd(
+                teacher, student, t_enc, s_enc, t_dec, s_dec, y_padded, ranges, weights,
+                row_utt.to(device), max(t_cs, s_cs), blank_id, vocab, tau,
+            )  # fmt: skip
+        if stats is not None:
+            stats["distinct_nodes"] = float(distinct)
+            stats["nodes"] = float(nodes)
+        return loss
+
     with torch.no_grad():
         if (
             use_ref
@@ -629,7 +736,6 @@ def _lattice_kd(
 
     sec = _section(tag + ":kd_math")
     sec.__enter__()
-    kind = _get(params, "kd_node_weights", "uniform")
     px = py = None
     if kind != "uniform":
         px, py = pruned_lattice_logprobs(zt, y_padded, ranges, blank_id, boundary)
@@ -809,6 +915,7 @@ def compute_kd_losses(
         rows, row_utt, counts = _distinct_samples(samples, dedup=kd_loss == "pkd")
         y_s, y_s_lens = _pad(rows, device)
         index = torch.tensor(row_utt, dtype=torch.int64, device=device)
+        node_stats: Dict[str, float] = {}
         total = _lattice_kd(
             teacher,
             student,
@@ -823,10 +930,16 @@ def compute_kd_losses(
             row_weights=(
                 None if all(c == 1 for c in counts) else torch.tensor(counts, device=device)
             ),
+            row_utt=index,
+            stats=node_stats,
         )
         out["kd_samp"] = total / N
         lens = torch.tensor([len(s) for seqs in samples for s in seqs], dtype=torch.float32)
         out["kd_samp_tokens"] = lens.mean().to(device)
         out["kd_samp_empty"] = (lens == 0).float().mean().to(device)
         out["kd_samp_distinct"] = torch.tensor(len(rows) / lens.numel(), device=device)
+        if node_stats.get("nodes"):
+            out["kd_samp_node_share"] = torch.tensor(
+                node_stats["distinct_nodes"] / node_stats["nodes"], device=device
+            )
     return out

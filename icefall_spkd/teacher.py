@@ -56,7 +56,8 @@ Choices made here (where the specification is silent):
   sequence) pairs among the sampled ones, i.e. the share of the sampled KD
   work actually run; duplicates are run once and counted), both stored as
   ``fraction * frames`` so that the per-frame display is the frame-weighted
-  fraction.
+  fraction; likewise ``kd_samp_node_share`` (distinct KD window nodes among
+  all those of the sampled sequences, see ``--kd-share-nodes``).
 """
 
 from __future__ import annotations
@@ -148,6 +149,10 @@ def add_kd_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--kd-node-weights", type=str, default="uniform", choices=list(NODE_WEIGHT_KINDS),
                    help="Node weights in the KD window (normalised to T_b per utterance).")
     g.add_argument("--kd-num-paths", type=int, default=16, help="M: alignment paths for 'sampled' weights.")
+    g.add_argument("--kd-share-nodes", type=str2bool, default=True,
+                   help="Sampled sequences: evaluate each distinct KD window node (utterance, "
+                   "frame, decoder context) once and weight it by its copies. Same loss and "
+                   "gradient; needs stateless decoders and uniform node weights (else ignored).")
     g.add_argument("--kd-nbest-beam", type=int, default=4,
                    help="Beam of the nbest sampler (at least --kd-num-samples is used).")
 
@@ -461,5 +466,7 @@ def kd_loss_and_metrics(
             metrics["kd_samp_empty"] = float(terms["kd_samp_empty"]) * frames
         if "kd_samp_distinct" in terms:
             metrics["kd_samp_distinct"] = float(terms["kd_samp_distinct"]) * frames
+        if "kd_samp_node_share" in terms:
+            metrics["kd_samp_node_share"] = float(terms["kd_samp_node_share"]) * frames
         metrics["kd_ref_tokens"] = float(y_lens.sum())
     return loss, metrics

@@ -579,3 +579,73 @@ def test_duplicate_samples_run_once_with_same_loss_and_gradient(monkeypatch, kin
     (g_ref,) = torch.autograd.grad(ref, enc_r)
     assert out["kd_samp"].item() == pytest.approx(ref.item(), rel=1e-5)
     torch.testing.assert_close(g_dedup, g_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_nodes_give_the_same_loss_and_gradients(monkeypatch):
+    """--kd-share-nodes: each distinct (utterance, frame, context) node once; nothing changes.
+
+    The samples share prefixes, so their windows repeat nodes; the shared
+    computation must give the loss and every student gradient (encoder output,
+    decoder, joiner) of the plain one, and must really have merged nodes.
+    """
+    import icefall_spkd.kd as kd_mod
+
+    teacher, student = _model(0), _model(1)
+    enc, lens, y_padded, y_lens = _batch()
+    samples = [
+        [[3, 5, 2], [1, 2], [4, 4, 6]],
+        [[3, 5, 1], [1], [4, 4, 6, 7]],
+        [[3, 6], [1, 2, 2], [4]],
+        [[3, 5, 2, 2], [2], []],
+    ]
+    monkeypatch.setattr(kd_mod, "_sampled_sequences", lambda *a, **k: samples)
+
+    def run(share: bool):
+        student.zero_grad()
+        enc_s = enc.clone().requires_grad_(True)
+        params = _params(kd_sampler="teacher", kd_num_samples=4, kd_share_nodes=share)
+        t_out, s_out = _outputs(teacher, student, enc, enc_s, lens, y_padded, y_lens)
+        out = compute_kd_losses(teacher, student, t_out, s_out, y_padded, y_lens, params, None)
+        out["kd_samp"].backward()
+        grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+        return out, enc_s.grad.clone(), grads
+
+    shared, g_enc_shared, g_shared = run(True)
+    plain, g_enc_plain, g_plain = run(False)
+    assert "kd_samp_node_share" not in plain
+    assert 0.3 < shared["kd_samp_node_share"].item() < 0.9  # nodes were merged
+    assert shared["kd_samp"].item() == pytest.approx(plain["kd_samp"].item(), rel=1e-5)
+    torch.testing.assert_close(g_enc_shared, g_enc_plain, rtol=1e-4, atol=1e-6)
+    assert set(g_shared) == set(g_plain) and any(k.startswith("decoder.") for k in g_plain)
+    for name in g_plain:
+        torch.testing.assert_close(g_shared[name], g_plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_shared_nodes_are_keyed_by_utterance_frame_and_context():
+    """Two rows with one context but different utterances (or contexts) must not merge."""
+    import icefall_spkd.kd as kd_mod
+
+    teacher, student = _model(0), _model(1)
+    torch.manual_seed(3)
+    T, C = 4, 16
+    enc = torch.randn(2, T, C)
+    # rows 0 and 1: same utterance, same tokens -> every node shared;
+    # row 2: the other utterance with the same tokens -> nothing shared with them.
+    t_enc = torch.stack([enc[0], enc[0], enc[1]])
+    y = torch.tensor([[3, 5], [3, 5], [3, 5]])
+    dec = kd_mod._decoder_out(teacher, y, 0)
+    s_dec = kd_mod._decoder_out(student, y, 0)
+    ranges = torch.tensor([[0, 1], [0, 1], [1, 2], [1, 2]]).expand(3, T, 2).contiguous()
+    weights = torch.ones(3, T, 2)
+    loss, distinct, nodes = kd_mod._shared_node_kd(
+        teacher, student, t_enc, t_enc, dec, s_dec, y, ranges, weights,
+        torch.tensor([0, 0, 1]), 2, 0, V, 1.0,
+    )  # fmt: skip
+    assert nodes == 3 * T * 2 and distinct == 2 * T * 2
+    # the same as the plain pruned loss over the three rows
+    zt = teacher.joiner_on_ranges(t_enc, dec, ranges)
+    zs = student.joiner_on_ranges(t_enc, s_dec, ranges)
+    boundary = torch.tensor([[0, 0, 2, T]] * 3)
+    assert loss.item() == pytest.approx(
+        kd_mod.pruned_kd_loss(zt, zs, ranges, boundary).item(), rel=1e-5
+    )
