@@ -588,9 +588,12 @@ def _shared_node_kd(
     w = torch.zeros(D, dtype=torch.float32, device=device).index_add_(
         0, inverse, weights[live].float()
     )
+    # project per frame / per position first (as joiner_on_ranges does), then pick the nodes
     with torch.no_grad():
-        zt = teacher.joiner(t_enc[rb, rt], t_dec[rb, ru], project_input=True)
-    zs = student.joiner(s_enc[rb, rt], s_dec[rb, ru], project_input=True)
+        tj = teacher.joiner
+        zt = tj(tj.encoder_proj(t_enc)[rb, rt], tj.decoder_proj(t_dec)[rb, ru], project_input=False)
+    sj = student.joiner
+    zs = sj(sj.encoder_proj(s_enc)[rb, rt], sj.decoder_proj(s_dec)[rb, ru], project_input=False)
     ones = torch.ones(1, D, dtype=torch.bool, device=device)
     kl = _masked_kl(zt.unsqueeze(0), zs.unsqueeze(0), ones, tau).squeeze(0)
     return (kl * w.to(kl.dtype)).sum() * (tau**2), D, M

@@ -116,3 +116,26 @@ def test_subprocess_peak_memory_sees_a_big_allocation() -> None:
 def test_subprocess_peak_memory_reports_child_failure() -> None:
     with pytest.raises(RuntimeError, match="failed"):
         subprocess_peak_memory("icefall_spkd.benchmarking:no_such_function")
+
+
+def test_kd_step_benchmark_runs_and_shares_nodes_only_where_asked(capsys) -> None:
+    """Smoke run of spkd_transducer/benchmark_kd.py: every method is timed and printed.
+
+    (That node sharing leaves the loss unchanged is tested in test_kd.py; here
+    the students' dropout makes the printed losses differ slightly.)
+    """
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "egs/librispeech/ASR/spkd_transducer/benchmark_kd.py"
+    spec = importlib.util.spec_from_file_location("benchmark_kd", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["-B", "2", "-T", "30", "-U", "8", "-V", "20", "--steps", "1", "--warmup", "0",
+              "--profile-steps", "0", "--num-samples", "2", "--num-threads", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    lines = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.startswith(("spkd-", "pkd"))}
+    assert set(lines) == {"pkd", "spkd-N2", "spkd-N2-unshared"}
+    assert lines["spkd-N2"][5] != "-" and lines["spkd-N2-unshared"][5] == "-"  # node share column
+    assert float(lines["spkd-N2"][-1]) == pytest.approx(float(lines["spkd-N2-unshared"][-1]), rel=0.05)
+    assert "SUMMARY kd-step" in out and "spkd-N2-unshared" in out.split("SUMMARY")[1]

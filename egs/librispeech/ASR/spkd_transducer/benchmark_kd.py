@@ -15,6 +15,10 @@ interleaved round by round, the order rotating):
   ``kd_loss=pkd`` and no sampler (reference only); loss ``+ lambda * kd``.
 * ``spkd-N{n}``: ``pkd`` + the ``teacher`` sampler with ``N = n`` sequences per
   utterance; loss ``+ lambda * kd + lambda * rho * kd_samp``.
+* ``spkd-N{n}-unshared`` (for the largest ``n``, unless ``--no-unshared``):
+  the same with ``--kd-share-nodes false``, i.e. every window node of every
+  sampled sequence evaluated, even where several sequences repeat it.
+  ``node share`` is the fraction of window nodes that are distinct.
 
 The batch: ``B`` utterances of ``4 * T + 3`` random 80-dim feature frames
 (``T`` encoder frames after the conformer's 4x subsampling; ``T = 200`` is
@@ -28,6 +32,14 @@ trained teacher). What matters here is the amount of work, which depends on
 ``T``, ``U``, ``V``, ``N`` and the number of emitted tokens (printed as
 ``samp tokens/seq``).
 
+A trained teacher on real speech samples sequences that agree on most
+tokens, which the random teacher cannot imitate (its samples share few
+window nodes). ``--teacher-checkpoint`` loads a trained teacher (its preset
+and vocabulary come from the file) and ``--cuts`` takes the batch from the
+first ``B`` utterances of a cut manifest (features and BPE-encoded
+transcripts; run from egs/librispeech/ASR so that feature paths resolve);
+``T`` and ``U`` are then those of the data.
+
 Breakdown: after the timed rounds, ``--profile-steps`` extra steps of each SP-KD
 method run with section timers (``time.perf_counter`` around each part,
 ``torch.cuda.synchronize`` at both ends of each section on CUDA) installed
@@ -40,6 +52,9 @@ Usage (from egs/librispeech/ASR)::
     ./spkd_transducer/benchmark_kd.py --steps 20 --num-threads 2
     ./spkd_transducer/benchmark_kd.py --device cuda --teacher-preset large --student-preset small
     ./spkd_transducer/benchmark_kd.py -B 2 -T 30 -U 8 --steps 2 --warmup 1   # smoke test
+    # a trained teacher on real utterances (the comparison table's)
+    ./spkd_transducer/benchmark_kd.py --teacher-checkpoint table/teacher/seed-42/pretrained.pt \
+        --cuts data/fbank/librispeech_cuts_train.jsonl.gz --bpe-model data/lang_bpe_50/bpe.model -B 8
 """
 
 from __future__ import annotations
@@ -82,6 +97,7 @@ SECTIONS = (
     ("samp:teacher", "teacher forward on samples (dec, window, joiner)"),
     ("samp:student", "student decoder/joiner on samples"),
     ("samp:kd_math", "KD loss math on samples"),
+    ("samp:shared_nodes", "samples: both joiners + KD math on distinct nodes"),
     ("backward", "backward"),
     ("optimizer", "optimizer step + zero_grad"),
 )
@@ -164,14 +180,21 @@ class KDStep:
         if method == "pkd":
             self.kd_params["kd_loss"] = "pkd"
         elif method.startswith("spkd-N"):
+            n, _, variant = method[len("spkd-N") :].partition("-")
+            if variant not in ("", "unshared"):
+                raise ValueError(f"unknown method {method!r}")
             self.kd_params.update(
-                kd_loss="pkd", kd_sampler="teacher", kd_num_samples=int(method[len("spkd-N") :])
+                kd_loss="pkd",
+                kd_sampler="teacher",
+                kd_num_samples=int(n),
+                kd_share_nodes=variant != "unshared",
             )
         elif method not in ("none", "floor"):
             raise ValueError(f"unknown method {method!r}")
         self.timer: Optional[SectionTimer] = None
         self.profiles: List[Dict[str, float]] = []
         self.samp_tokens: List[float] = []
+        self.node_share: List[float] = []
         self.last_loss = float("nan")
 
     def __call__(self) -> None:
@@ -222,6 +245,8 @@ class KDStep:
                 loss = loss + args.kd_scale * args.kd_sampling_scale * kd["kd_samp"]
                 if "kd_samp_tokens" in kd:
                     self.samp_tokens.append(float(kd["kd_samp_tokens"]))
+                if "kd_samp_node_share" in kd:
+                    self.node_share.append(float(kd["kd_samp_node_share"]))
             with _maybe(timer, "backward"):
                 loss.backward()
             with _maybe(timer, "optimizer"):
@@ -237,7 +262,58 @@ class KDStep:
                 self.profiles.append(prof)
 
 
+def batch_from_cuts(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
+    """The first ``--batch-size`` utterances of ``--cuts``: fbank features and BPE tokens."""
+    import sentencepiece as spm
+    from lhotse import CutSet, load_manifest_lazy
+    from lhotse.dataset.collation import collate_features
+
+    if not args.bpe_model:
+        raise SystemExit("--cuts needs --bpe-model (the teacher's BPE model)")
+    cuts = []
+    for cut in load_manifest_lazy(args.cuts):
+        cuts.append(cut)
+        if len(cuts) == args.batch_size:
+            break
+    if len(cuts) < args.batch_size:
+        raise SystemExit(f"{args.cuts} has only {len(cuts)} cuts; lower --batch-size")
+    x, x_lens = collate_features(CutSet.from_cuts(cuts))
+    sp = spm.SentencePieceProcessor(model_file=str(args.bpe_model))
+    ys = [sp.encode(" ".join(s.text for s in c.supervisions)) for c in cuts]
+    y = torch.zeros(len(ys), max(map(len, ys)), dtype=torch.int64)
+    for i, t in enumerate(ys):
+        y[i, : len(t)] = torch.tensor(t, dtype=torch.int64)
+    return dict(
+        x=x.to(device),
+        x_lens=x_lens.to(device),
+        y_padded=y.to(device),
+        y_lens=torch.tensor([len(t) for t in ys], device=device),
+    )
+
+
+def load_trained_teacher(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    """``--teacher-checkpoint`` as training loads it; sets ``args.vocab_size`` from the file."""
+    from icefall_spkd.teacher import load_teacher
+    from icefall_spkd.utils import AttributeDict
+
+    ckpt = torch.load(args.teacher_checkpoint, map_location="cpu", weights_only=False)
+    args.vocab_size = int(ckpt["model"]["joiner.output_linear.weight"].shape[0])
+    params = AttributeDict(
+        kd_loss="pkd",
+        teacher_checkpoint=args.teacher_checkpoint,
+        vocab_size=args.vocab_size,
+        blank_id=0,
+        bpe_model=args.bpe_model,
+        feature_dim=FEATURE_DIM,
+    )
+    teacher = load_teacher(params, device)
+    assert teacher is not None
+    return teacher
+
+
 def make_batch(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
+    if args.cuts:
+        return batch_from_cuts(args, device)
     g = torch.Generator().manual_seed(args.seed)
     B, T, U, V = args.batch_size, args.num_frames, args.num_symbols, args.vocab_size
     n_in = 4 * T + 3  # conformer subsampling: T' = (n_in - 3) // 4
@@ -282,6 +358,20 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         help="Added to the teacher joiner's blank logit bias (default: ~U tokens per sample).",
     )
+    parser.add_argument(
+        "--no-unshared",
+        action="store_true",
+        help="Skip the spkd-N<max>-unshared method (--kd-share-nodes false).",
+    )
+    parser.add_argument(
+        "--teacher-checkpoint",
+        default=None,
+        help="A trained teacher (pretrained.pt or epoch-N.pt); default: a random one.",
+    )
+    parser.add_argument(
+        "--cuts", default=None, help="Cut manifest to take the batch from (needs --bpe-model)."
+    )
+    parser.add_argument("--bpe-model", default=None, help="BPE model of --cuts' transcripts.")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed rounds first.")
     parser.add_argument("--steps", type=int, default=10, help="Timed rounds (one step per method).")
     parser.add_argument(
@@ -303,20 +393,28 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(f"# torch {torch.__version__}, threads {threads}, backend {pruned_rnnt.BACKEND_NAME}")
 
     torch.manual_seed(args.seed)
-    teacher = build_model({"model_preset": args.teacher_preset, "vocab_size": args.vocab_size})
-    bias = args.teacher_blank_bias
-    if bias is None:
-        p = min(max(args.num_symbols / max(args.num_frames, 1), 1e-3), 1 - 1e-3)
-        bias = math.log((1 - p) / p * (args.vocab_size - 1))
-    with torch.no_grad():
-        teacher.joiner.output_linear.bias[teacher.blank_id] += bias
+    if args.teacher_checkpoint:
+        teacher = load_trained_teacher(args, device)
+        bias = 0.0
+    else:
+        teacher = build_model({"model_preset": args.teacher_preset, "vocab_size": args.vocab_size})
+        bias = args.teacher_blank_bias
+        if bias is None:
+            p = min(max(args.num_symbols / max(args.num_frames, 1), 1e-3), 1 - 1e-3)
+            bias = math.log((1 - p) / p * (args.vocab_size - 1))
+        with torch.no_grad():
+            teacher.joiner.output_linear.bias[teacher.blank_id] += bias
     teacher.to(device).eval().requires_grad_(False)
     torch.manual_seed(args.seed + 100)
     proto = build_model({"model_preset": args.student_preset, "vocab_size": args.vocab_size})
     student_state = {k: v.clone() for k, v in proto.state_dict().items()}
     batch = make_batch(args, device)
+    if args.cuts:  # T and U of the data, for the printout
+        args.num_frames = int((batch["x_lens"].max().item() - 3) // 4)
+        args.num_symbols = int(batch["y_lens"].max().item())
     print(
-        f"# KD step benchmark: teacher={args.teacher_preset} "
+        f"# KD step benchmark: teacher={args.teacher_preset}"
+        f"{' from ' + args.teacher_checkpoint if args.teacher_checkpoint else ''} "
         f"({num_parameters(teacher) / 1e6:.2f} M) student={args.student_preset} "
         f"({num_parameters(proto) / 1e6:.2f} M) B={args.batch_size} T={args.num_frames} "
         f"U={args.num_symbols} V={args.vocab_size} R_kd={args.kd_prune_range} "
@@ -325,6 +423,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     del proto
 
     methods = ["none", "floor", "pkd"] + [f"spkd-N{n}" for n in args.num_samples]
+    if not args.no_unshared and args.num_samples:
+        methods.append(f"spkd-N{max(args.num_samples)}-unshared")
     steps = {
         m: KDStep(m, teacher, student_state, args.student_preset, batch, args, device)
         for m in methods
@@ -333,8 +433,8 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     floor = summarize(times["floor"]).median
     header = (
-        f"{'method':<10} {'ms/step median':>14} {'IQR (q1-q3)':>19} {'x floor':>8} "
-        f"{'samp tokens/seq':>15} {'loss':>10}"
+        f"{'method':<19} {'ms/step median':>14} {'IQR (q1-q3)':>19} {'x floor':>8} "
+        f"{'samp tokens/seq':>15} {'node share':>10} {'loss':>10}"
     )
     print()
     print(header)
@@ -343,9 +443,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         s = summarize(times[m])
         toks = steps[m].samp_tokens
         tok_s = f"{sum(toks) / len(toks):.1f}" if toks else "-"
+        share = steps[m].node_share
+        share_s = f"{sum(share) / len(share):.3f}" if share else "-"
         print(
-            f"{m:<10} {s.median * 1e3:14.1f} {f'{s.q1 * 1e3:.1f}-{s.q3 * 1e3:.1f}':>19} "
-            f"{s.median / floor:8.2f} {tok_s:>15} {steps[m].last_loss:10.1f}"
+            f"{m:<19} {s.median * 1e3:14.1f} {f'{s.q1 * 1e3:.1f}-{s.q3 * 1e3:.1f}':>19} "
+            f"{s.median / floor:8.2f} {tok_s:>15} {share_s:>10} {steps[m].last_loss:10.1f}"
         )
 
     sp_methods = [m for m in methods if m.startswith("spkd-")]
