@@ -124,13 +124,9 @@ def test_kd_step_benchmark_runs_and_shares_nodes_only_where_asked(capsys) -> Non
     (That node sharing leaves the loss unchanged is tested in test_kd.py; here
     the students' dropout makes the printed losses differ slightly.)
     """
-    import importlib.util
-    from pathlib import Path
+    from recipe_scripts import load_recipe_script
 
-    script = Path(__file__).resolve().parent.parent / "egs/librispeech/ASR/spkd_transducer/benchmark_kd.py"
-    spec = importlib.util.spec_from_file_location("benchmark_kd", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_recipe_script("spkd_transducer/benchmark_kd.py")
     mod.main(["-B", "2", "-T", "30", "-U", "8", "-V", "20", "--steps", "1", "--warmup", "0",
               "--profile-steps", "0", "--num-samples", "2", "--num-threads", "1"])  # fmt: skip
     out = capsys.readouterr().out

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "egs/librispeech/ASR/local/run_table.py"
+from recipe_scripts import load_recipe_script
 
 
 @pytest.fixture(scope="module")
 def run_table():
-    spec = importlib.util.spec_from_file_location("run_table", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_recipe_script("local/run_table.py")
 
 
 def _train_cmd(run_table, monkeypatch, tmp_path, key, argv=()):

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "egs/librispeech/ASR/local/tune_kd.py"
+from recipe_scripts import load_recipe_script
 
 
 @pytest.fixture(scope="module")
 def tune_kd():
-    spec = importlib.util.spec_from_file_location("tune_kd", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_recipe_script("local/tune_kd.py")
 
 
 def test_parse_stage(tune_kd):
