@@ -50,6 +50,16 @@ def _kd(*flags: str) -> tuple:
     return tuple(flags)
 
 
+#: The driver's KD settings (``run_table.py`` option dests): the KD rows depend
+#: on them, the teacher and the baseline do not; ``tune_kd.py`` tunes them.
+KD_SETTINGS = (
+    "kd_scale",
+    "kd_sampling_scale",
+    "kd_temperature",
+    "kd_prune_range",
+    "kd_sample_temperature",
+)
+
 TABLE_ROWS: Dict[str, TableRow] = {
     r.key: r
     for r in [

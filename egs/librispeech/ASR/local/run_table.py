@@ -51,6 +51,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from icefall_spkd.results_table import (
+    KD_SETTINGS,
     TABLE_ROWS,
     load_results,
     parse_errs_file,
@@ -306,12 +307,6 @@ RESULT_SETTINGS = (
     "seeds", "teacher_preset", "student_preset", "teacher_epochs", "num_epochs", "avg",
     "max_duration", "bpe_model", "kd_scale", "kd_sampling_scale", "kd_temperature",
     "kd_prune_range", "kd_sample_temperature", "train_args",
-)  # fmt: skip
-
-
-# Settings that the teacher and the no-KD student do not depend on.
-KD_SETTINGS = (
-    "kd_scale", "kd_sampling_scale", "kd_temperature", "kd_prune_range", "kd_sample_temperature",
 )  # fmt: skip
 
 

@@ -36,14 +36,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from icefall_spkd.results_table import KD_SETTINGS
+
 RECIPE = Path(__file__).resolve().parent.parent
-KD_SETTINGS = (
-    "kd_scale",
-    "kd_sampling_scale",
-    "kd_temperature",
-    "kd_prune_range",
-    "kd_sample_temperature",
-)
 SHORT = {
     "kd_scale": "lambda",
     "kd_sampling_scale": "rho",
