@@ -101,6 +101,15 @@ if ! (cd / && "$vpy" -c "import icefall_spkd") 2>/dev/null; then
   pip install -q --no-build-isolation --no-deps -e "$repo"
 fi
 
+# ---------------------------------------------------------------- 6. test reference
+# zipformer 0.1.3 (icefall's Zipformer2/ScaledAdam/Eden, standalone) is the
+# tests' reference only (tests/zipformer_reference.py). --no-deps: it pins
+# torch<2.8 and wants torchaudio/webdataset, none of which we install.
+if ! "$vpy" -c "import importlib.metadata as m, sys; sys.exit(m.version('zipformer') != '0.1.3' or m.version('atdataset') != '0.2.6')" 2>/dev/null; then
+  log "installing the test reference zipformer 0.1.3 (--no-deps)"
+  pip install -q --no-deps zipformer==0.1.3 atdataset==0.2.6
+fi
+
 (cd / && "$vpy" -) <<'PY'
 import importlib
 mods = ["torch", "lhotse", "sentencepiece", "kaldifeat", "icefall_spkd"]
