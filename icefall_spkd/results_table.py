@@ -112,21 +112,27 @@ TABLE_ROWS: Dict[str, TableRow] = {
 _ERRS_HEADER = re.compile(
     r"%WER\s*=\s*([0-9.]+)\s*\[\s*(\d+)\s*/\s*(\d+),\s*(\d+)\s*ins,\s*(\d+)\s*del,\s*(\d+)\s*sub\s*\]"
 )
+_CER_HEADER = re.compile(
+    r"%CER\s*=\s*([0-9.]+)\s*\[\s*(\d+)\s*/\s*(\d+),\s*(\d+)\s*ins,\s*(\d+)\s*del,\s*(\d+)\s*sub\s*\]"
+)
 
 
 def parse_errs_file(path: Path) -> Dict[str, float]:
     """Read ``%WER = x [ e / n, i ins, d del, s sub ]`` from an ``errs-*`` file.
 
     Returns a dict with ``wer`` (percent), ``errors``, ``ref_words``, ``ins``,
-    ``del`` and ``sub``. Raises ValueError naming the file when the header is
-    missing, so a truncated decode is never read as a result.
+    ``del`` and ``sub``, and, when the file has the ``%CER`` line (files
+    written before CER was added do not), ``cer`` (percent), ``char_errors``,
+    ``ref_chars``, ``char_ins``, ``char_del`` and ``char_sub``. Raises
+    ValueError naming the file when the WER header is missing, so a truncated
+    decode is never read as a result.
     """
     text = Path(path).read_text()
     m = _ERRS_HEADER.search(text)
     if m is None:
         raise ValueError(f"{path}: no '%WER = ... [ e / n, i ins, d del, s sub ]' line; re-run decoding")
     wer, errors, ref_words, ins, dels, subs = m.groups()
-    return {
+    out: Dict[str, float] = {
         "wer": float(wer),
         "errors": int(errors),
         "ref_words": int(ref_words),
@@ -134,6 +140,18 @@ def parse_errs_file(path: Path) -> Dict[str, float]:
         "del": int(dels),
         "sub": int(subs),
     }
+    c = _CER_HEADER.search(text)
+    if c is not None:
+        cer, errors, ref_chars, ins, dels, subs = c.groups()
+        out.update(
+            cer=float(cer),
+            char_errors=int(errors),
+            ref_chars=int(ref_chars),
+            char_ins=int(ins),
+            char_del=int(dels),
+            char_sub=int(subs),
+        )
+    return out
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""Word error rate via kaldialign, and icefall-style result files.
+"""Word and character error rates via kaldialign, and icefall-style result files.
 
 ``results`` everywhere is a list of ``(cut_id, ref_words, hyp_words)`` where
 the word lists are sequences of strings (a plain string is split on
@@ -6,6 +6,16 @@ whitespace). Every count -- in :func:`compute_wer` and in the files written by
 :func:`write_error_stats` -- comes from one ``kaldialign.align`` alignment per
 utterance (unit costs for insertion, deletion and substitution), so the
 summary numbers and the per-utterance/per-word details always agree.
+
+CER follows icefall's convention (``compute_CER`` in icefall's
+``write_error_stats``): the characters of the words, spaces excluded, i.e.
+``list("".join(words))``. A word boundary the model gets wrong but whose
+letters are right ("BASE BALL" for "BASEBALL") is a word error but no
+character error.
+
+:func:`write_error_stats` returns an :class:`ErrorRate`: the WER as a float
+(what callers always got) that also carries the CER and the
+substitution/deletion/insertion split, which :func:`write_wer_summary` writes.
 """
 
 from __future__ import annotations
@@ -19,8 +29,13 @@ import kaldialign
 
 __all__ = [
     "EPS",
+    "ErrorRate",
     "align_words",
+    "compute_cer",
+    "compute_error_rates",
     "compute_wer",
+    "read_recogs",
+    "utterance_errors",
     "write_error_stats",
     "write_recogs",
     "write_wer_summary",
@@ -104,6 +119,92 @@ def compute_wer(refs: Sequence[Words], hyps: Sequence[Words]) -> dict[str, float
     }
 
 
+def _chars(w: Words) -> list[str]:
+    """The characters of the words, spaces excluded (icefall's CER convention)."""
+    return list("".join(_words(w)))
+
+
+def compute_cer(refs: Sequence[Words], hyps: Sequence[Words]) -> dict[str, float]:
+    """Corpus-level character error counts: :func:`compute_wer` on the characters of the words.
+
+    Spaces are excluded (icefall's convention), so ``"AB C"`` against
+    ``"A BC"`` is 0 % CER. Keys as in :func:`compute_wer`, with ``ref_words``
+    counting reference characters and ``wer`` holding the CER.
+    """
+    return compute_wer([_chars(r) for r in refs], [_chars(h) for h in hyps])
+
+
+def compute_error_rates(refs: Sequence[Words], hyps: Sequence[Words]) -> dict[str, float]:
+    """WER and CER with their splits, as one flat dict.
+
+    Returns:
+      the keys of :func:`compute_wer` (word level) plus ``cer``,
+      ``char_errors``, ``ref_chars``, ``char_ins``, ``char_del`` and
+      ``char_sub`` (character level, spaces excluded).
+    """
+    out = compute_wer(refs, hyps)
+    c = compute_cer(refs, hyps)
+    out.update(
+        cer=c["wer"],
+        char_errors=c["errors"],
+        ref_chars=c["ref_words"],
+        char_ins=c["ins"],
+        char_del=c["del"],
+        char_sub=c["sub"],
+    )
+    return out
+
+
+class ErrorRate(float):
+    """A WER in percent (it *is* that float) that carries its details in ``stats``.
+
+    ``stats`` is the dict of :func:`compute_error_rates`: word and character
+    error counts, ``wer`` and ``cer``.
+    """
+
+    stats: dict
+
+    def __new__(cls, stats: Mapping[str, float]) -> ErrorRate:
+        obj = super().__new__(cls, float(stats["wer"]))
+        obj.stats = dict(stats)
+        return obj
+
+
+def utterance_errors(results: Sequence[Result]) -> dict[str, tuple[int, int]]:
+    """cut id -> ``(word errors, reference words)`` of each utterance (for the bootstrap)."""
+    out: dict[str, tuple[int, int]] = {}
+    for cut_id, ref, hyp in results:
+        if cut_id in out:
+            raise ValueError(f"utterance {cut_id} appears twice in the results")
+        ref_w = _words(ref)
+        i, d, s, _ = _count(align_words(ref_w, hyp))
+        out[cut_id] = (i + d + s, len(ref_w))
+    return out
+
+
+def read_recogs(path: PathLike) -> list[tuple[str, list[str], list[str]]]:
+    """Read a file written by :func:`write_recogs` back into ``results``.
+
+    Raises ValueError naming the file and line when a ``ref=`` line is not
+    followed by the ``hyp=`` line of the same cut (a truncated or foreign file).
+    """
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    lines = [ln for ln in lines if ln.strip()]
+    if len(lines) % 2:
+        raise ValueError(f"{path}: odd number of lines; re-run decoding to rewrite it")
+    out = []
+    for n in range(0, len(lines), 2):
+        cut_r, sep_r, ref = lines[n].partition(":\tref=")
+        cut_h, sep_h, hyp = lines[n + 1].partition(":\thyp=")
+        if not sep_r or not sep_h or cut_r != cut_h:
+            raise ValueError(
+                f"{path}:{n + 1}: expected '<cut>:\\tref=...' then '<cut>:\\thyp=...' of the "
+                "same cut; re-run decoding to rewrite it"
+            )
+        out.append((cut_r, ref.split(), hyp.split()))
+    return out
+
+
 def write_recogs(path: PathLike, results: Sequence[Result]) -> None:
     """Write references and hypotheses, two lines per utterance, sorted by cut id::
 
@@ -121,12 +222,14 @@ def _format_alignment(ali: list[tuple[str, str]]) -> str:
     return " ".join(r if r == h else f"({r}->{h})" for r, h in ali)
 
 
-def write_error_stats(path: PathLike, test_set_name: str, results: Sequence[Result]) -> float:
-    """Write a detailed error report and return the WER in percent.
+def write_error_stats(path: PathLike, test_set_name: str, results: Sequence[Result]) -> ErrorRate:
+    """Write a detailed error report and return the WER in percent (an :class:`ErrorRate`).
 
     Sections of the file, in order:
 
-    * ``%WER``/``Errors`` header lines with the totals of :func:`compute_wer`;
+    * ``%WER``/``%CER``/``Errors`` header lines with the totals of
+      :func:`compute_error_rates` (``%CER = c [ e / n, i ins, d del, s sub ]``
+      counts characters, spaces excluded);
     * ``PER-UTT DETAILS``: per cut, the alignment, correct words bare and
       errors as ``(ref->hyp)`` with ``*`` for the missing side;
     * ``SUBSTITUTIONS``, ``DELETIONS``, ``INSERTIONS``: ``count`` and the
@@ -137,7 +240,7 @@ def write_error_stats(path: PathLike, test_set_name: str, results: Sequence[Resu
     """
     results = sorted(results, key=lambda r: r[0])
     alis = [(cut_id, align_words(ref, hyp)) for cut_id, ref, hyp in results]
-    stats = compute_wer([r for _, r, _ in results], [h for _, _, h in results])
+    stats = compute_error_rates([r for _, r, _ in results], [h for _, _, h in results])
 
     subs: Counter[tuple[str, str]] = Counter()
     dels: Counter[str] = Counter()
@@ -159,7 +262,7 @@ def write_error_stats(path: PathLike, test_set_name: str, results: Sequence[Resu
             else:
                 words[r][0] += 1
 
-    wer = float(stats["wer"])
+    wer = ErrorRate(stats)
     with open(path, "w", encoding="utf-8") as f:
         _write_header(f, test_set_name, stats)
         f.write("\nPER-UTT DETAILS: corr or (ref->hyp)\n")
@@ -186,7 +289,8 @@ def write_error_stats(path: PathLike, test_set_name: str, results: Sequence[Resu
 
     logging.info(
         f"[{test_set_name}] %WER {wer:.2f}% [{stats['errors']} / {stats['ref_words']}, "
-        f"{stats['ins']} ins, {stats['del']} del, {stats['sub']} sub ]"
+        f"{stats['ins']} ins, {stats['del']} del, {stats['sub']} sub ], "
+        f"%CER {stats['cer']:.2f}%"
     )
     return wer
 
@@ -196,6 +300,11 @@ def _write_header(f: TextIO, test_set_name: str, stats: Mapping[str, float]) -> 
     f.write(
         f"%WER = {stats['wer']:.2f} [ {stats['errors']} / {stats['ref_words']}, "
         f"{stats['ins']} ins, {stats['del']} del, {stats['sub']} sub ]\n"
+    )
+    f.write(
+        f"%CER = {stats['cer']:.2f} [ {stats['char_errors']} / {stats['ref_chars']}, "
+        f"{stats['char_ins']} ins, {stats['char_del']} del, {stats['char_sub']} sub ] "
+        "(characters of the words, spaces excluded)\n"
     )
     f.write(
         f"Errors: {stats['ins']} insertions, {stats['del']} deletions, "
@@ -209,14 +318,29 @@ def _write_header(f: TextIO, test_set_name: str, stats: Mapping[str, float]) -> 
     )
 
 
+def _pct(num: float, den: float) -> str:
+    return f"{100.0 * num / den:.2f}" if den > 0 else "-"
+
+
 def write_wer_summary(path: PathLike, wers: Mapping[str, float]) -> None:
-    """Write ``settings<TAB>WER`` lines, best (lowest) WER first.
+    """Write ``settings WER CER S D I`` lines (tab-separated), best (lowest) WER first.
+
+    ``S``, ``D`` and ``I`` are substitutions, deletions and insertions in
+    percent of the reference words (they add up to the WER). They and the CER
+    come from an :class:`ErrorRate` value; a plain float gets ``-`` there.
 
     Args:
       path: output file.
-      wers: setting name (e.g. ``"beam_size_4"``) -> WER in percent.
+      wers: setting name (e.g. ``"beam_size_4"``) -> WER in percent
+        (:class:`ErrorRate` as returned by :func:`write_error_stats`, or float).
     """
     with open(path, "w", encoding="utf-8") as f:
-        f.write("settings\tWER\n")
+        f.write("settings\tWER\tCER\tS\tD\tI\n")
         for name, wer in sorted(wers.items(), key=lambda x: (x[1], x[0])):
-            f.write(f"{name}\t{wer:.2f}\n")
+            st = getattr(wer, "stats", None)
+            if st is None:
+                extra = ["-"] * 4
+            else:
+                n = st["ref_words"]
+                extra = [f"{st['cer']:.2f}", _pct(st["sub"], n), _pct(st["del"], n), _pct(st["ins"], n)]
+            f.write("\t".join([name, f"{wer:.2f}", *extra]) + "\n")

@@ -22,8 +22,16 @@ def test_parse_errs_file_reads_what_wer_writes(tmp_path):
     path = tmp_path / "errs.txt"
     wer = write_error_stats(path, "test", results)
     got = parse_errs_file(path)
-    assert got == {"wer": 50.0, "errors": 3, "ref_words": 6, "ins": 1, "del": 1, "sub": 1}
+    # characters: ABCD vs AXC (B->X, D deleted), EF vs EFG (G inserted): 3 of 6
+    assert got == {"wer": 50.0, "errors": 3, "ref_words": 6, "ins": 1, "del": 1, "sub": 1,
+                   "cer": 50.0, "char_errors": 3, "ref_chars": 6, "char_ins": 1,
+                   "char_del": 1, "char_sub": 1}  # fmt: skip
     assert got["wer"] == pytest.approx(wer)
+    # a file from before CER was written: the WER part only
+    old = tmp_path / "errs-old.txt"
+    old.write_text("\n".join(ln for ln in path.read_text().splitlines() if "%CER" not in ln))
+    assert parse_errs_file(old) == {"wer": 50.0, "errors": 3, "ref_words": 6, "ins": 1,
+                                    "del": 1, "sub": 1}  # fmt: skip
 
 
 def test_parse_errs_file_refuses_a_file_without_totals(tmp_path):
