@@ -134,7 +134,7 @@ def test_unpaired_input_is_refused_with_the_utterance_named() -> None:
         paired_arrays([a], [{"u1": (1, 3), "u3": (0, 2)}])
     with pytest.raises(ValueError, match="u2 has 5 reference words"):
         paired_arrays([a], [{"u1": (1, 3), "u2": (0, 5)}])
-    with pytest.raises(ValueError, match="runs"):
+    with pytest.raises(ValueError, match="2 run"):
         paired_arrays([a, a], [a])
     with pytest.raises(ValueError, match="pair"):
         bootstrap_differences([3, 2], [[1, 0], [0, 0]], [1, 0])
