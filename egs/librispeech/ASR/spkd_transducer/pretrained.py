@@ -7,8 +7,8 @@ Usage::
         --bpe-model data/lang_bpe_500/bpe.model --method greedy_search \\
         a.flac b.wav
 
-Audio is read with lhotse (any format it supports), mixed to its first
-channel and resampled to 16 kHz when needed. Features are 80-dim fbank from
+Audio is read by :func:`icefall_spkd.audio.read_audio` (WAV/FLAC/...,
+any rate, 16/24/32-bit, channels averaged, resampled to 16 kHz). Features are 80-dim fbank from
 :mod:`icefall_spkd.features`: kaldifeat when installed, otherwise lhotse's
 Fbank with the same options. Prints ``<file>: <transcript>`` per file.
 """
@@ -43,23 +43,19 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def read_features(path: Path, extractor) -> torch.Tensor:
-    """(T, 80) fbank of the first channel of ``path`` at 16 kHz."""
-    from lhotse import Recording
+    """(T, 80) fbank of ``path`` read by :func:`icefall_spkd.audio.read_audio`.
 
-    if not path.is_file():
-        raise FileNotFoundError(f"Sound file not found: {path}")
-    rec = Recording.from_file(path)
+    Any rate, channel count and 16/24/32-bit format soundfile reads: channels
+    are averaged and the result resampled to 16 kHz. An unusable file stops
+    the script with one line naming it and saying what to do.
+    """
+    from icefall_spkd.audio import AudioError, read_audio
+
     sr = FBANK_OPTIONS["sampling_rate"]
-    if rec.sampling_rate != sr:
-        rec = rec.resample(sr)
     try:
-        samples = rec.load_audio()[0]
-    except ImportError as e:  # lhotse resamples with scipy (or torchaudio)
-        raise RuntimeError(
-            f"{path}: cannot resample {Recording.from_file(path).sampling_rate} Hz audio to "
-            f"{sr} Hz ({e}); install scipy or convert the file to {sr} Hz first "
-            f"(e.g. sox {path} -r {sr} out.wav)"
-        ) from e
+        samples = read_audio(path, sr)
+    except AudioError as e:
+        raise SystemExit(f"pretrained.py: error: {e}") from None
     return torch.as_tensor(extractor.extract(samples, sr), dtype=torch.float32)
 
 
