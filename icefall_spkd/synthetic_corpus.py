@@ -6,23 +6,29 @@ ships (``flite``, ``festival``, ``espeak-ng``; see ``docs/OFFLINE.md`` in the
 shared docs) and writes lhotse manifests with exactly LibriSpeech's names:
 ``librispeech_{recordings,supervisions}_<part>.jsonl.gz``.
 
+Two tasks (``task``), both from Debian's fortune cookies
+(:mod:`icefall_spkd.synthetic_text`): ``closed`` (the default: sentences made
+only of the 2,000 commonest words, in the manner of Resource Management, so
+that models trained for an hour on a 2-core CPU can recognise them) and
+``open`` (every clean sentence; open-vocabulary English).
+
 Splits and what they measure:
 
-* ``train``: about ``train_hours`` of audio from the *seen* voices.
+* ``train``: about ``train_hours`` of audio from the *seen* voices; a share
+  (``train_degraded_fraction``, 0.3 by default) gets the reverb and noise of
+  test-other, so test-other's conditions are covered by training.
 * ``dev``: unseen sentences, seen voices, clean (model selection).
 * ``test-clean``: unseen sentences, seen voices, clean.
 * ``test-other``: unseen sentences, *held-out* voices (never in any other
-  split), reverberation and pink/brown/white noise at a random SNR.
+  split), reverberation and pink/brown/white noise at 10-25 dB SNR.
+* ``test-open`` (closed task only): unseen open-vocabulary sentences (each
+  has at least one word outside the closed vocabulary), seen voices, clean:
+  the harder extra test.
 
-Text comes from Debian's fortune cookies, split into sentences, normalised
-with :mod:`icefall_spkd.text`, filtered to clean 5-25-word sentences and
-deduplicated; each sentence belongs to exactly one split. Each utterance gets
-a voice, a speaking rate (0.85-1.2) and a pitch factor (0.85-1.15), applied
-by ``sox`` (``speed`` + ``tempo``), which also resamples to 16 kHz mono, pads
-0.05-0.3 s of silence at each end and, for test-other, adds reverb. A white
-noise floor at -70 dBFS (so no frame is digital silence) and, for test-other,
-noise from a ``sox synth`` noise bank at 10-25 dB SNR are added before the
-audio is written as 16-bit FLAC.
+Each sentence belongs to exactly one evaluation split (train sentences are
+reused with other voices when they cannot fill ``train_hours``). Each
+utterance gets a voice, a speaking rate (0.85-1.2) and a pitch factor
+(0.85-1.15); the audio itself is made by :mod:`icefall_spkd.synthetic_audio`.
 
 Everything is a function of ``seed``: a second build with the same arguments
 gives the same ids, texts and (byte-identical) audio. Each FLAC file carries a
@@ -41,35 +47,41 @@ Layout (LibriSpeech's)::
 Speaker ids encode voices: ``101``-``105`` flite, ``201``-``203`` festival,
 ``3AVV`` espeak-ng with accent index ``A`` and variant index ``VV``. Chapter
 ids are ``<split code><chunk>`` (train 1xxx, dev 2xxx, test-clean 3xxx,
-test-other 4xxx), so ids never collide across splits.
+test-other 4xxx, test-open 5xxx), so ids never collide across splits. The
+closed task also writes ``<corpus_dir>/VOCABULARY.TXT``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import math
 import multiprocessing
-import os
 import random
 import shutil
 import subprocess
-import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Sequence, Tuple, Union
 
-import numpy as np
-import soundfile as sf
 from tqdm import tqdm
 
-from icefall_spkd.text import is_clean_sentence, normalize_text, split_sentences
+from icefall_spkd.synthetic_audio import (
+    NOISE_KINDS,
+    Degradation,
+    UttPlan,
+    UttResult,
+    Voice,
+    ensure_noise_banks,
+    synthesize_batch,
+    synthesize_utterance,
+)
+from icefall_spkd.synthetic_text import FORTUNE_DIR, closed_vocabulary, load_sentences
 
 __all__ = [
     "SPLITS",
+    "TASKS",
     "Voice",
     "UttPlan",
     "voice_catalogue",
@@ -82,9 +94,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test-clean", "test-other")
-SPLIT_CODES = {"train": 1, "dev": 2, "test-clean": 3, "test-other": 4}
-SAMPLE_RATE = 16000
-FORTUNE_DIR = Path("/usr/share/games/fortunes")
+# Only in the closed-vocabulary task: open-vocabulary sentences, seen voices, clean.
+OPEN_TEST = "test-open"
+ALL_SPLITS = SPLITS + (OPEN_TEST,)
+SPLIT_CODES = {"train": 1, "dev": 2, "test-clean": 3, "test-other": 4, OPEN_TEST: 5}
+TASKS = ("closed", "open")
 
 FLITE_VOICES = ("rms", "awb", "kal16", "slt", "kal")  # awb_time only speaks clock times
 FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
@@ -116,75 +130,11 @@ SECONDS_PER_WORD = {"flite": 0.32, "festival": 0.365, "espeak": 0.30}
 RATE_RANGE = (0.85, 1.2)
 PITCH_RANGE = (0.85, 1.15)
 PAD_RANGE = (0.05, 0.3)  # seconds of silence added before and after speech
-SNR_RANGE_DB = (10.0, 25.0)  # test-other noise, speech power over noise power
-NOISE_FLOOR_DBFS = -70.0  # RMS of white noise under every utterance: no digital silence
-NOISE_KINDS = ("whitenoise", "pinknoise", "brownnoise")
-NOISE_BANK_SECONDS = 60
+SNR_RANGE_DB = (10.0, 25.0)  # degraded utterances: speech power over noise power
 UTTS_PER_CHAPTER = 40
-TTS_TIMEOUT_S = 60
-# Bump when the audio processing changes, so resumed builds remake old files.
-AUDIO_RECIPE_VERSION = 2
-
-
-@dataclass(frozen=True)
-class Voice:
-    """One TTS voice, i.e. one "speaker" of the corpus."""
-
-    engine: str  # "flite" | "festival" | "espeak"
-    name: str  # the engine's voice name, e.g. "slt", "kal_diphone", "en-us+m3"
-    speaker: int  # LibriSpeech-like speaker id, see the module docstring
-    held_out: bool  # True: test-other only
-
-    @property
-    def key(self) -> str:
-        return f"{self.engine}:{self.name}"
-
-
-@dataclass(frozen=True)
-class Degradation:
-    """Reverberation and additive noise for one test-other utterance."""
-
-    reverberance: float  # sox reverb, 0-100 %
-    hf_damping: float  # 0-100 %
-    room_scale: float  # 0-100 %
-    noise: str  # one of NOISE_KINDS
-    noise_offset: float  # start in the noise bank, as a fraction of the free range
-    snr_db: float
-
-
-@dataclass(frozen=True)
-class UttPlan:
-    """Everything needed to synthesise one utterance (a pure function of it)."""
-
-    utt_id: str
-    split: str
-    text: str  # normalised transcript, also what the TTS engine reads
-    voice: Voice
-    rate: float
-    pitch: float
-    pad_start: float
-    pad_end: float
-    degradation: Optional[Degradation] = None
-
-    @property
-    def relpath(self) -> str:
-        spk, chapter, _ = self.utt_id.split("-")
-        return f"{self.split}/{spk}/{chapter}/{self.utt_id}.flac"
-
-    def fingerprint(self) -> str:
-        """Hash of the recipe, stored in the FLAC comment to validate resumed files."""
-        recipe = f"{AUDIO_RECIPE_VERSION} {replace(self, utt_id='', split='')!r}"
-        return hashlib.sha1(recipe.encode()).hexdigest()[:16]
-
-
-@dataclass
-class UttResult:
-    """What a worker reports for one utterance."""
-
-    plan: UttPlan
-    duration: Optional[float]  # None on failure
-    error: Optional[str] = None
-    reused: bool = False
+# Plans handed to a worker at a time: festival speaks each voice's share of a
+# chunk in one process, so bigger chunks start festival less often.
+SYNTHESIS_CHUNK = 48
 
 
 # ---------------------------------------------------------------- voices
@@ -243,46 +193,13 @@ def _pick_voice(rng: random.Random, voices: Sequence[Voice]) -> Voice:
 # ---------------------------------------------------------------- text
 
 
-def _fortune_files(fortune_dir: Path) -> List[Path]:
-    """Fortune text files: those with a ``.dat`` index next to them."""
-    return sorted(p.with_suffix("") for p in fortune_dir.glob("*.dat"))
-
-
-def _fortune_entries(path: Path) -> Iterable[str]:
-    """Entries of one fortune file, without ``-- Author`` attribution lines."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    for entry in text.split("\n%\n"):
-        lines: List[str] = []
-        for line in entry.splitlines():
-            if line.strip().startswith("--") or line.strip() == "%":
-                break
-            lines.append(line)
-        yield "\n".join(lines)
-
-
-def load_sentences(
-    fortune_dir: Union[str, Path] = FORTUNE_DIR, min_words: int = 5, max_words: int = 25
-) -> List[str]:
-    """Distinct clean normalised sentences from Debian's fortunes, sorted."""
-    files = _fortune_files(Path(fortune_dir))
-    if not files:
-        raise FileNotFoundError(
-            f"no fortune files under {fortune_dir}; apt-get install fortunes fortunes-min"
-        )
-    sentences = set()
-    for path in files:
-        for entry in _fortune_entries(path):
-            for raw in split_sentences(entry):
-                if is_clean_sentence(raw, min_words, max_words):
-                    sentences.add(normalize_text(raw))
-    return sorted(sentences)
-
-
 # ---------------------------------------------------------------- planning
 
 
-def _draw_utt(rng: random.Random, split: str, text: str, voices: Sequence[Voice]) -> UttPlan:
-    """One utterance's voice and prosody; test-other also gets a degradation."""
+def _draw_utt(
+    rng: random.Random, split: str, text: str, voices: Sequence[Voice], degrade: bool
+) -> UttPlan:
+    """One utterance's voice and prosody, plus reverb and noise when ``degrade``."""
     voice = _pick_voice(rng, voices)
     plan = UttPlan(
         utt_id="",
@@ -294,7 +211,7 @@ def _draw_utt(rng: random.Random, split: str, text: str, voices: Sequence[Voice]
         pad_start=round(rng.uniform(*PAD_RANGE), 3),
         pad_end=round(rng.uniform(*PAD_RANGE), 3),
     )
-    if split != "test-other":
+    if not degrade:
         return plan
     degradation = Degradation(
         reverberance=round(rng.uniform(10, 70), 1),
@@ -313,12 +230,21 @@ def _estimated_seconds(plan: UttPlan) -> float:
 
 
 def _plan_train(
-    rng: random.Random, pool: Sequence[str], voices: Sequence[Voice], hours: float
+    rng: random.Random,
+    pool: Sequence[str],
+    voices: Sequence[Voice],
+    hours: float,
+    degraded_fraction: float,
 ) -> List[UttPlan]:
     """Draw train utterances until their estimated duration reaches ``hours``.
 
     When the sentence pool runs out, it is reused with fresh voice draws
-    (sentences stay disjoint from the other splits) and a warning is logged.
+    (sentences stay disjoint from the other splits); the closed-vocabulary
+    task does so by design (as Resource Management's speakers read the same
+    sentences), the open one logs a warning. A share ``degraded_fraction`` of
+    the utterances gets the reverb and noise that test-other has, so that
+    test-other measures robustness the training data covers (its voices stay
+    unseen).
     """
     target = hours * 3600.0
     plans: List[UttPlan] = []
@@ -326,14 +252,15 @@ def _plan_train(
     rounds = 0
     while total < target and pool:
         for text in pool:
-            plans.append(_draw_utt(rng, "train", text, voices))
+            degrade = rng.random() < degraded_fraction
+            plans.append(_draw_utt(rng, "train", text, voices, degrade))
             total += _estimated_seconds(plans[-1])
             if total >= target:
                 break
         rounds += 1
     if rounds > 1:
-        logger.warning(
-            "train: %d sentences cannot fill %.2f h; each was used up to %d times with different voices",
+        logger.info(
+            "train: %d sentences fill %.2f h with each used up to %d times by different voices",
             len(pool),
             hours,
             rounds,
@@ -349,7 +276,7 @@ def _assign_ids(plans: Sequence[UttPlan]) -> List[UttPlan]:
         by_speaker[(p.split, p.voice.speaker)].append(p)
     out: List[UttPlan] = []
     for (split, speaker), group in sorted(
-        by_speaker.items(), key=lambda kv: (SPLITS.index(kv[0][0]), kv[0][1])
+        by_speaker.items(), key=lambda kv: (ALL_SPLITS.index(kv[0][0]), kv[0][1])
     ):
         for i, p in enumerate(group):
             chapter = SPLIT_CODES[split] * 1000 + i // UTTS_PER_CHAPTER
@@ -364,13 +291,18 @@ def plan_corpus(
     dev_utts: int = 200,
     test_utts: int = 200,
     seed: int = 42,
+    open_sentences: Sequence[str] = (),
+    train_degraded_fraction: float = 0.0,
 ) -> List[UttPlan]:
     """Decide every utterance of every split (no audio is made here).
 
     Sentences are shuffled by ``seed``; the first ``dev_utts`` go to dev, the
     next ``test_utts`` to test-clean, the next ``test_utts`` to test-other and
     the rest to train. dev and test-clean voices are drawn from the voices
-    that train actually uses; test-other voices from the held-out ones.
+    that train actually uses; test-other voices from the held-out ones, with
+    reverb and noise. When ``open_sentences`` is given (the closed-vocabulary
+    task), ``test_utts`` of them make the extra split ``test-open`` (seen
+    voices, clean); they must be disjoint from ``sentences``.
     """
     seen = [v for v in voices if not v.held_out]
     held = [v for v in voices if v.held_out]
@@ -378,194 +310,69 @@ def plan_corpus(
         raise RuntimeError(f"need seen and held-out voices; found {[v.key for v in voices]}")
     if train_hours <= 0 or dev_utts < 0 or test_utts < 0:
         raise ValueError(f"bad sizes: {train_hours=} {dev_utts=} {test_utts=}")
+    if not 0.0 <= train_degraded_fraction <= 1.0:
+        raise ValueError(f"train_degraded_fraction must be in [0, 1], got {train_degraded_fraction}")
     needed = dev_utts + 2 * test_utts + 1
     if len(sentences) < needed:
         raise ValueError(f"only {len(sentences)} sentences; dev+test need {needed - 1} plus train")
+    if open_sentences and len(open_sentences) < test_utts:
+        raise ValueError(f"only {len(open_sentences)} open-vocabulary sentences for {test_utts}")
+    if set(open_sentences) & set(sentences):
+        raise ValueError("open_sentences must be disjoint from sentences")
     order = list(sentences)
     random.Random(f"{seed}-sentences").shuffle(order)
     dev = order[:dev_utts]
     test_clean = order[dev_utts : dev_utts + test_utts]
     test_other = order[dev_utts + test_utts : needed - 1]
     rng = random.Random(f"{seed}-train")
-    train = _plan_train(rng, order[needed - 1 :], seen, train_hours)
+    train = _plan_train(rng, order[needed - 1 :], seen, train_hours, train_degraded_fraction)
     train_voices = sorted({p.voice for p in train}, key=lambda v: v.speaker)
     plans = list(train)
-    for split, texts, pool in (
-        ("dev", dev, train_voices),
-        ("test-clean", test_clean, train_voices),
-        ("test-other", test_other, held),
-    ):
+    evaluation = [
+        ("dev", dev, train_voices, False),
+        ("test-clean", test_clean, train_voices, False),
+        ("test-other", test_other, held, True),
+    ]
+    if open_sentences:
+        extra = list(open_sentences)
+        random.Random(f"{seed}-{OPEN_TEST}").shuffle(extra)
+        evaluation.append((OPEN_TEST, extra[:test_utts], train_voices, False))
+    for split, texts, pool, degrade in evaluation:
         rng = random.Random(f"{seed}-{split}")
-        plans += [_draw_utt(rng, split, t, pool) for t in texts]
+        plans += [_draw_utt(rng, split, t, pool, degrade) for t in texts]
     return _assign_ids(plans)
 
 
 # ---------------------------------------------------------------- synthesis
 
 
-def _tts_command(voice: Voice, text_file: str, wav: str) -> List[str]:
-    if voice.engine == "flite":
-        return ["flite", "-voice", voice.name, "-f", text_file, "-o", wav]
-    if voice.engine == "festival":
-        return ["text2wave", "-eval", f"(voice_{voice.name})", text_file, "-o", wav]
-    if voice.engine == "espeak":
-        return ["espeak-ng", "-v", voice.name, "-f", text_file, "-w", wav]
-    raise ValueError(f"unknown engine {voice.engine}")
+def _synthesize_chunk(args: Tuple[List[UttPlan], str]) -> List[UttResult]:
+    return synthesize_batch(*args)
 
 
-def _sox_effects(plan: UttPlan) -> List[str]:
-    """Pitch by ``speed`` (resampling), then ``tempo`` so the net rate is
-    ``plan.rate``; resample to 16 kHz; pad; reverb for test-other; normalise."""
-    effects = ["speed", f"{plan.pitch:.4f}", "tempo", "-s", f"{plan.rate / plan.pitch:.4f}"]
-    effects += ["rate", "-v", str(SAMPLE_RATE), "pad", f"{plan.pad_start}", f"{plan.pad_end}"]
-    d = plan.degradation
-    if d is not None:
-        effects += ["reverb", f"{d.reverberance}", f"{d.hf_damping}", f"{d.room_scale}"]
-    return effects + ["norm", "-3"]
-
-
-def _run(cmd: List[str]) -> None:
-    """Run a tool; raise RuntimeError with the tail of its stderr on failure."""
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TTS_TIMEOUT_S)
-    except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"{cmd[0]} timed out after {TTS_TIMEOUT_S} s") from e
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["no stderr"]
-        raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}: {tail[0]}")
-
-
-def _noise_bank_path(corpus_dir: Path, kind: str) -> Path:
-    return corpus_dir / "noise" / f"{kind}.wav"
-
-
-def _ensure_noise_banks(corpus_dir: Path) -> None:
-    """Make one minute of each noise colour with ``sox -R`` (repeatable)."""
-    for kind in NOISE_KINDS:
-        path = _noise_bank_path(corpus_dir, kind)
-        if path.is_file():
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.wav")
-        cmd = ["sox", "-R", "-n", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(tmp)]
-        _run(cmd + ["synth", str(NOISE_BANK_SECONDS), kind, "norm", "-6"])
-        os.replace(tmp, path)
-
-
-def _add_noise(speech: np.ndarray, plan: UttPlan, corpus_dir: Path) -> np.ndarray:
-    """Add the noise floor and, for test-other, a segment of a noise bank at
-    the planned SNR (mean power over the whole utterance); keep peaks <= -3 dBFS."""
-    rng = np.random.default_rng(int(plan.fingerprint(), 16))
-    out = speech + rng.normal(0.0, 10 ** (NOISE_FLOOR_DBFS / 20), len(speech))
-    d = plan.degradation
-    if d is not None:
-        bank, _ = sf.read(_noise_bank_path(corpus_dir, d.noise), dtype="float64")
-        if len(bank) < len(speech):
-            bank = np.tile(bank, math.ceil(len(speech) / len(bank)))
-        start = int(d.noise_offset * (len(bank) - len(speech)))
-        noise = bank[start : start + len(speech)]
-        p_speech = float(np.mean(speech**2))
-        p_noise = float(np.mean(noise**2)) or 1e-12
-        out += noise * math.sqrt(p_speech / (p_noise * 10 ** (d.snr_db / 10)))
-    peak = float(np.max(np.abs(out), initial=0.0))
-    return out * (0.7 / peak) if peak > 0.7 else out
-
-
-def _check_audio(path: Path, plan: UttPlan) -> float:
-    """Read the file back; return its duration or raise RuntimeError saying why it is bad."""
-    try:
-        with sf.SoundFile(str(path)) as f:
-            sr, channels, comment = f.samplerate, f.channels, f.comment
-            audio = f.read(dtype="float32")
-    except Exception as e:  # any read failure means "bad file"
-        raise RuntimeError(f"unreadable audio: {e}") from e
-    if sr != SAMPLE_RATE or channels != 1:
-        raise RuntimeError(f"expected 16 kHz mono, got {sr} Hz x {channels}")
-    if comment != plan.fingerprint():
-        raise RuntimeError("made from a different recipe")
-    duration = len(audio) / sr
-    words = len(plan.text.split())
-    speech = duration - plan.pad_start - plan.pad_end
-    if not np.all(np.isfinite(audio)):
-        raise RuntimeError("non-finite audio")
-    if len(audio) == 0 or float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) < 3e-3:
-        raise RuntimeError("silent audio")
-    if speech < 0.1 * words:
-        raise RuntimeError(f"audio too short: {speech:.2f} s of speech for {words} words")
-    if speech > 1.5 * words + 3.0:
-        raise RuntimeError(f"audio too long: {speech:.2f} s of speech for {words} words")
-    return duration
-
-
-def _partial_path(out: Path) -> Path:
-    """Where ``out`` is written before being renamed into place."""
-    return out.with_name(f".{out.stem}.tmp.flac")
-
-
-def _synthesize_to(plan: UttPlan, out: Path, corpus_dir: Path) -> None:
-    """TTS -> sox (prosody, 16 kHz, pads, reverb) -> noise -> FLAC ``out`` (written atomically)."""
-    with tempfile.TemporaryDirectory(prefix="tts-") as tmp:
-        text_file, raw_wav = os.path.join(tmp, "text.txt"), os.path.join(tmp, "tts.wav")
-        Path(text_file).write_text(plan.text.lower() + ".\n")
-        _run(_tts_command(plan.voice, text_file, raw_wav))
-        if not os.path.isfile(raw_wav) or os.path.getsize(raw_wav) <= 44:
-            raise RuntimeError(f"{plan.voice.engine} wrote no audio")
-        processed = os.path.join(tmp, "processed.wav")
-        sox = ["sox", "-R", "-D", raw_wav, "-c", "1", "-e", "floating-point", "-b", "32"]
-        _run(sox + [processed] + _sox_effects(plan))
-        speech, _ = sf.read(processed, dtype="float64")
-        partial = _partial_path(out)
-        with sf.SoundFile(str(partial), "w", SAMPLE_RATE, 1, format="FLAC", subtype="PCM_16") as f:
-            f.comment = plan.fingerprint()
-            f.write(_add_noise(speech, plan, corpus_dir))
-        os.replace(partial, out)
-
-
-def synthesize_utterance(plan: UttPlan, corpus_dir: Union[str, Path]) -> UttResult:
-    """Make (or reuse) one utterance's FLAC file; never raises.
-
-    An existing file is reused when it reads back as 16 kHz mono audio of a
-    plausible length made from the same recipe. Otherwise it is synthesised;
-    any failure is returned in ``UttResult.error``.
-    """
-    corpus_dir = Path(corpus_dir)
-    out = corpus_dir / plan.relpath
-    if out.is_file():
-        try:
-            return UttResult(plan, _check_audio(out, plan), reused=True)
-        except RuntimeError:
-            pass  # regenerate
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _synthesize_to(plan, out, corpus_dir)
-        return UttResult(plan, _check_audio(out, plan))
-    except Exception as e:  # reported per utterance, see build_synthetic_corpus
-        out.unlink(missing_ok=True)
-        _partial_path(out).unlink(missing_ok=True)
-        reason = str(e) if isinstance(e, RuntimeError) else f"{type(e).__name__}: {e}"
-        return UttResult(plan, None, error=reason)
-
-
-def _synthesize_star(args: Tuple[UttPlan, str]) -> UttResult:
-    return synthesize_utterance(*args)
+def _chunks(plans: Sequence[UttPlan], size: int) -> List[List[UttPlan]]:
+    """Chunks of ``size`` plans, festival plans sorted by voice within the plan
+    order so that a chunk holds few festival voices (one process each)."""
+    ordered = sorted(plans, key=lambda p: (p.voice.engine != "festival", p.voice.speaker))
+    return [list(ordered[i : i + size]) for i in range(0, len(ordered), size)]
 
 
 def _synthesize_all(plans: Sequence[UttPlan], corpus_dir: Path, nj: int) -> List[UttResult]:
     """Synthesise in ``nj`` processes with a progress bar; results in plan order."""
-    jobs = [(p, str(corpus_dir)) for p in plans]
-    bar = tqdm(total=len(jobs), desc="Synthesising", unit="utt", dynamic_ncols=True)
+    jobs = [(chunk, str(corpus_dir)) for chunk in _chunks(plans, SYNTHESIS_CHUNK)]
+    bar = tqdm(total=len(plans), desc="Synthesising", unit="utt", dynamic_ncols=True)
     results: Dict[str, UttResult] = {}
     try:
         if nj <= 1:
-            for job in jobs:
-                r = _synthesize_star(job)
-                results[r.plan.utt_id] = r
-                bar.update()
+            outputs = map(_synthesize_chunk, jobs)
+            for chunk_results in outputs:
+                results.update((r.plan.utt_id, r) for r in chunk_results)
+                bar.update(len(chunk_results))
         else:
             with multiprocessing.Pool(nj) as pool:
-                for r in pool.imap_unordered(_synthesize_star, jobs, chunksize=4):
-                    results[r.plan.utt_id] = r
-                    bar.update()
+                for chunk_results in pool.imap_unordered(_synthesize_chunk, jobs):
+                    results.update((r.plan.utt_id, r) for r in chunk_results)
+                    bar.update(len(chunk_results))
     finally:
         bar.close()
     return [results[p.utt_id] for p in plans]
@@ -593,7 +400,7 @@ def _write_speakers(voices: Sequence[Voice], plans: Sequence[UttPlan], corpus_di
         splits[p.voice.speaker].add(p.split)
     lines = ["; ID | ENGINE | VOICE | HELD OUT | SUBSETS"]
     for v in sorted(voices, key=lambda v: v.speaker):
-        subsets = ",".join(s for s in SPLITS if s in splits[v.speaker]) or "-"
+        subsets = ",".join(s for s in ALL_SPLITS if s in splits[v.speaker]) or "-"
         lines.append(
             f"{v.speaker:<5}| {v.engine:<9}| {v.name:<28}| {str(v.held_out):<9}| {subsets}"
         )
@@ -655,7 +462,7 @@ def _report_failures(results: Sequence[UttResult], corpus_dir: Path) -> None:
 
 def _print_summary(stats: Dict[str, Dict[str, float]], elapsed: float) -> None:
     print(f"{'split':<11} {'hours':>7} {'utts':>6} {'voices':>6} {'failed':>6} {'reused':>6}")
-    for split in SPLITS:
+    for split in (s for s in ALL_SPLITS if s in stats):
         s = stats[split]
         print(
             f"{split:<11} {s['hours']:>7.3f} {s['utterances']:>6} {s['voices']:>6} {s['failed']:>6} {s['reused']:>6}"
@@ -673,6 +480,9 @@ def build_synthetic_corpus(
     nj: int = 2,
     fortune_dir: Union[str, Path] = FORTUNE_DIR,
     espeak_variants_per_accent: int = 3,
+    task: str = "closed",
+    vocab_words: int = 2000,
+    train_degraded_fraction: float = 0.3,
 ) -> Dict[str, Dict[str, float]]:
     """Synthesise the corpus into ``corpus_dir`` and write manifests to ``output_dir``.
 
@@ -685,11 +495,17 @@ def build_synthetic_corpus(
       nj: worker processes.
       fortune_dir: Debian fortunes directory (the text source).
       espeak_variants_per_accent: espeak-ng voices per accent.
+      task: ``"closed"`` (sentences of the ``vocab_words`` commonest words, plus
+        the extra split ``test-open``) or ``"open"`` (every clean sentence); see
+        :mod:`icefall_spkd.synthetic_text`.
+      vocab_words: size of the closed vocabulary.
+      train_degraded_fraction: share of train utterances with test-other's
+        reverb and noise.
     A tiny corpus for tests: ``train_hours=0.02, dev_utts=8, test_utts=8``.
 
     Returns:
       ``{split: {"utterances", "hours", "voices", "failed", "reused"}}`` for
-      each of SPLITS, plus ``"total"`` with the same keys and
+      each split made (SPLITS, plus ``test-open`` for the closed task), plus ``"total"`` with the same keys and
       ``"elapsed_s"``/``"sentences"`` (clean sentences available).
     """
     corpus_dir, output_dir = Path(corpus_dir), Path(output_dir)
@@ -698,7 +514,7 @@ def build_synthetic_corpus(
     with _exclusive_build_lock(corpus_dir):
         return _build_locked(
             corpus_dir, output_dir, train_hours, dev_utts, test_utts, seed, nj,
-            fortune_dir, espeak_variants_per_accent,
+            fortune_dir, espeak_variants_per_accent, task, vocab_words, train_degraded_fraction,
         )  # fmt: skip
 
 
@@ -736,25 +552,37 @@ def _build_locked(
     nj: int,
     fortune_dir: Union[str, Path],
     espeak_variants_per_accent: int,
+    task: str,
+    vocab_words: int,
+    train_degraded_fraction: float,
 ) -> Dict[str, Dict[str, float]]:
     """The body of :func:`build_synthetic_corpus`, run under the build lock."""
     start = time.time()
-    sentences = load_sentences(fortune_dir)
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     voices = voice_catalogue(seed, espeak_variants_per_accent)
-    plans = plan_corpus(sentences, voices, train_hours, dev_utts, test_utts, seed)
+    open_sentences: List[str] = []
+    if task == "closed":
+        closed = closed_vocabulary(load_sentences(fortune_dir, min_words=4), vocab_words)
+        sentences, open_sentences = closed.sentences, closed.others
+        (corpus_dir / "VOCABULARY.TXT").write_text("".join(f"{w}\n" for w in sorted(closed.words)))
+        logger.info("closed vocabulary: %d words, %d sentences", len(closed.words), len(sentences))
+    else:
+        sentences = load_sentences(fortune_dir)
+    plans = plan_corpus(
+        sentences, voices, train_hours, dev_utts, test_utts, seed,
+        open_sentences=open_sentences, train_degraded_fraction=train_degraded_fraction,
+    )  # fmt: skip
     logger.info(
-        "%d clean sentences, %d voices, %d utterances planned",
-        len(sentences),
-        len(voices),
-        len(plans),
+        "%d sentences, %d voices, %d utterances planned", len(sentences), len(voices), len(plans)
     )
-    _ensure_noise_banks(corpus_dir)
+    ensure_noise_banks(corpus_dir)
     results = _synthesize_all(plans, corpus_dir, nj)
     _report_failures(results, corpus_dir)
     _write_transcripts(results, corpus_dir)
     _write_speakers(voices, plans, corpus_dir)
     stats: Dict[str, Dict[str, float]] = {}
-    for split in SPLITS:
+    for split in (s for s in ALL_SPLITS if any(p.split == s for p in plans)):
         split_results = [r for r in results if r.plan.split == split]
         _write_manifests(split, split_results, corpus_dir, output_dir)
         stats[split] = _split_stats(split_results)

@@ -17,7 +17,9 @@ from typing import Dict, List, Tuple
 import pytest
 import soundfile as sf
 
+from icefall_spkd import synthetic_audio as sa
 from icefall_spkd import synthetic_corpus as sc
+from icefall_spkd.synthetic_text import closed_vocabulary, load_sentences
 from icefall_spkd.text import normalize_text
 
 pytestmark = pytest.mark.skipif(
@@ -46,7 +48,7 @@ def _load(manifest_dir: Path, split: str):
 def _summary(manifest_dir: Path) -> Dict[str, List[tuple]]:
     """(id, text, speaker, duration) per split: what determinism must preserve."""
     out = {}
-    for split in sc.SPLITS:
+    for split in sc.ALL_SPLITS:
         recs, sups = _load(manifest_dir, split)
         durations = {r.id: r.duration for r in recs}
         out[split] = sorted((s.id, s.text, s.speaker, durations[s.recording_id]) for s in sups)
@@ -68,7 +70,7 @@ def corpus(tmp_path_factory) -> Tuple[dict, Path, Path]:
 
 def test_every_split_present_with_stats(corpus) -> None:
     stats, _, manifests = corpus
-    for split in sc.SPLITS:
+    for split in sc.ALL_SPLITS:
         recs, sups = _load(manifests, split)
         assert len(recs) == len(sups) > 0
         assert stats[split]["utterances"] == len(sups)
@@ -82,10 +84,51 @@ def test_every_split_present_with_stats(corpus) -> None:
 
 def test_sentences_disjoint_across_splits(corpus) -> None:
     _, _, manifests = corpus
-    texts = {split: {s.text for s in _load(manifests, split)[1]} for split in sc.SPLITS}
-    for i, a in enumerate(sc.SPLITS):
-        for b in sc.SPLITS[i + 1 :]:
+    texts = {split: {s.text for s in _load(manifests, split)[1]} for split in sc.ALL_SPLITS}
+    for i, a in enumerate(sc.ALL_SPLITS):
+        for b in sc.ALL_SPLITS[i + 1 :]:
             assert not texts[a] & texts[b], (a, b)
+
+
+def test_closed_vocabulary_splits(corpus) -> None:
+    """Every closed-task sentence uses only VOCABULARY.TXT words; each test-open
+    sentence has at least one word outside it."""
+    _, audio, manifests = corpus
+    vocab = set((audio / "VOCABULARY.TXT").read_text().split())
+    assert 1000 <= len(vocab) <= 2000
+    for split in sc.SPLITS:
+        for s in _load(manifests, split)[1]:
+            assert set(s.text.split()) <= vocab, (split, s.text)
+    open_texts = [s.text for s in _load(manifests, sc.OPEN_TEST)[1]]
+    assert open_texts and all(set(t.split()) - vocab for t in open_texts)
+
+
+def test_closed_vocabulary_selection() -> None:
+    sentences = [
+        "THE CAT SAT ON THE MAT",  # all common
+        "THE DOG SAT ON THE MAT",
+        "A ZEBRA SAT ON THE MAT",  # ZEBRA and A are rare
+        "THE CAT",  # too short
+    ]
+    cv = closed_vocabulary(sentences, vocab_words=6, min_words=3, max_words=10)
+    # counts: THE 7, SAT 3, ON 3, MAT 3, CAT 2, DOG 1, A 1, ZEBRA 1 -> the 6 commonest
+    # are THE SAT ON MAT CAT and (alphabetically first of the ties at 1) A.
+    assert cv.sentences == ["THE CAT SAT ON THE MAT"]
+    assert cv.others == ["A ZEBRA SAT ON THE MAT", "THE DOG SAT ON THE MAT"]
+    assert cv.words == frozenset({"THE", "CAT", "SAT", "ON", "MAT"})
+
+
+def test_train_degradation_share_and_test_other_all_degraded() -> None:
+    sentences = closed_vocabulary(load_sentences(min_words=4), 2000).sentences
+    voices = sc.voice_catalogue(7)
+    plans = sc.plan_corpus(sentences, voices, 2.0, 50, 50, seed=7, train_degraded_fraction=0.3)
+    train = [p for p in plans if p.split == "train"]
+    share = sum(p.degradation is not None for p in train) / len(train)
+    assert abs(share - 0.3) < 0.05, share
+    assert all(p.degradation is not None for p in plans if p.split == "test-other")
+    assert all(p.degradation is None for p in plans if p.split in ("dev", "test-clean"))
+    clean = sc.plan_corpus(sentences, voices, 2.0, 50, 50, seed=7)
+    assert all(p.degradation is None for p in clean if p.split == "train")
 
 
 def test_voice_holdout(corpus) -> None:
@@ -102,7 +145,7 @@ def test_voice_holdout(corpus) -> None:
 
 def test_ids_text_and_supervisions(corpus) -> None:
     _, _, manifests = corpus
-    for split in sc.SPLITS:
+    for split in sc.ALL_SPLITS:
         recs, sups = _load(manifests, split)
         for s in sups:
             m = ID_RE.match(s.id)
@@ -112,12 +155,12 @@ def test_ids_text_and_supervisions(corpus) -> None:
             assert s.recording_id == s.id and s.start == 0
             assert s.duration == pytest.approx(recs[s.id].duration)
             assert s.language == "English"
-            assert s.text == normalize_text(s.text) and 5 <= len(s.text.split()) <= 25
+            assert s.text == normalize_text(s.text) and 4 <= len(s.text.split()) <= 20
 
 
 def test_audio_matches_manifest(corpus) -> None:
     _, _, manifests = corpus
-    for split in sc.SPLITS:
+    for split in sc.ALL_SPLITS:
         recs, _ = _load(manifests, split)
         for r in recs:
             audio, sr = sf.read(r.sources[0].source)
@@ -161,13 +204,18 @@ def test_resumable(corpus) -> None:
 
 
 def test_plans_for_other_seed_differ_and_stay_disjoint() -> None:
-    sentences = sc.load_sentences()
+    cv = closed_vocabulary(load_sentences(min_words=4), 2000)
+    sentences = cv.sentences
     voices = sc.voice_catalogue(7)
-    plans = sc.plan_corpus(sentences, voices, train_hours=2.0, dev_utts=50, test_utts=50, seed=7)
-    by_split: Dict[str, set] = {s: set() for s in sc.SPLITS}
+    plans = sc.plan_corpus(
+        sentences, voices, train_hours=2.0, dev_utts=50, test_utts=50, seed=7,
+        open_sentences=cv.others,
+    )  # fmt: skip
+    by_split: Dict[str, set] = {s: set() for s in sc.ALL_SPLITS}
     for p in plans:
         by_split[p.split].add(p.text)
-    assert sum(map(len, by_split.values())) == len(plans)  # no sentence twice
+    # train reuses its own sentences with other voices; no sentence is in two splits
+    assert sum(map(len, by_split.values())) == len({p.text for p in plans})
     assert len({p.utt_id for p in plans}) == len(plans)
     other = sc.plan_corpus(sentences, voices, 2.0, 50, 50, seed=8)
     assert [p.text for p in plans if p.split == "dev"] != [
@@ -176,12 +224,13 @@ def test_plans_for_other_seed_differ_and_stay_disjoint() -> None:
 
 
 def test_tts_failures_are_logged_and_left_out(tmp_path, monkeypatch, caplog) -> None:
-    real = sc._tts_command
+    real = sa._tts_command
 
     def broken_festival(voice, text_file, wav):
         return ["false"] if voice.engine == "festival" else real(voice, text_file, wav)
 
-    monkeypatch.setattr(sc, "_tts_command", broken_festival)
+    monkeypatch.setattr(sa, "_tts_command", broken_festival)
+    monkeypatch.setattr(sa, "_festival_batch", lambda voice, plans, tmp: {})
     with caplog.at_level(logging.WARNING, logger=sc.__name__):
         stats, audio, manifests = _build(tmp_path, train_hours=0.01, dev_utts=3, test_utts=3, nj=1)
     failed_lines = (audio / "failed_utterances.txt").read_text().splitlines()
@@ -194,19 +243,68 @@ def test_tts_failures_are_logged_and_left_out(tmp_path, monkeypatch, caplog) -> 
     assert kept and not kept & failed_ids
 
 
+def _festival_plans(n: int):
+    voices = [v for v in sc.voice_catalogue(42) if v.engine == "festival" and not v.held_out]
+    sentences = closed_vocabulary(load_sentences(min_words=4), 2000).sentences[:n]
+    return [
+        sa.UttPlan(f"201-1000-{i:04d}", "train", t, voices[0], 1.0, 1.0, 0.1, 0.1)
+        for i, t in enumerate(sentences)
+    ]
+
+
+def test_festival_batch_matches_one_process_per_utterance(tmp_path, monkeypatch) -> None:
+    """The batch (one festival process) gives the audio text2wave gives alone."""
+    plans = _festival_plans(3)
+    batch = sa.synthesize_batch(plans, tmp_path / "batch")
+    monkeypatch.setattr(sa, "_festival_batch", lambda voice, plans, tmp: {})
+    alone = sa.synthesize_batch(plans, tmp_path / "alone")
+    for b, a in zip(batch, alone):
+        assert b.error is None and a.error is None
+        assert b.duration == pytest.approx(a.duration, rel=0.05)
+        xb, _ = sf.read(tmp_path / "batch" / b.plan.relpath)
+        xa, _ = sf.read(tmp_path / "alone" / a.plan.relpath)
+        n = min(len(xa), len(xb))
+        corr = float((xa[:n] * xb[:n]).sum() / ((xa[:n] ** 2).sum() * (xb[:n] ** 2).sum()) ** 0.5)
+        assert corr > 0.9, corr
+
+
+def test_utterances_a_festival_batch_missed_are_spoken_alone(tmp_path, monkeypatch) -> None:
+    plans = _festival_plans(3)
+    real = sa._festival_batch
+
+    def drops_the_last(voice, group, tmp):
+        made = real(voice, group, tmp)
+        made.pop(group[-1].utt_id)
+        return made
+
+    monkeypatch.setattr(sa, "_festival_batch", drops_the_last)
+    results = sa.synthesize_batch(plans, tmp_path)
+    assert all(r.error is None and r.duration > 0.5 for r in results)
+
+
 def test_files_from_another_recipe_are_not_reused(corpus, monkeypatch) -> None:
     _, audio, manifests = corpus
-    voices = sc.voice_catalogue(TINY["seed"])
+    _, sups = _load(manifests, "test-clean")
+    recs, _ = _load(manifests, "test-clean")
+    sup = next(iter(sups))
+    spk, chapter, _ = sup.id.split("-")
+    voice = next(v for v in sc.voice_catalogue(TINY["seed"]) if str(v.speaker) == spk)
+    # Rebuild the plan from the planner (the same call build_synthetic_corpus makes).
+    cv = closed_vocabulary(load_sentences(min_words=4), 2000)
     args = {k: TINY[k] for k in ("train_hours", "dev_utts", "test_utts", "seed")}
-    plan = sc.plan_corpus(sc.load_sentences(), voices, **args)[0]
-    recs, _ = _load(manifests, plan.split)
+    plans = sc.plan_corpus(
+        cv.sentences, sc.voice_catalogue(TINY["seed"]), **args,
+        open_sentences=cv.others, train_degraded_fraction=0.3,
+    )  # fmt: skip
+    plan = next(p for p in plans if p.utt_id == sup.id)
+    assert plan.voice == voice and plan.text == sup.text
     path = audio / plan.relpath
-    assert sc._check_audio(path, plan) == pytest.approx(recs[plan.utt_id].duration)
+    assert sa.check_audio(path, plan) == pytest.approx(recs[plan.utt_id].duration)
     with pytest.raises(RuntimeError, match="different recipe"):
-        sc._check_audio(path, replace(plan, rate=plan.rate + 0.01))
-    monkeypatch.setattr(sc, "AUDIO_RECIPE_VERSION", sc.AUDIO_RECIPE_VERSION + 1)
+        sa.check_audio(path, replace(plan, rate=plan.rate + 0.01))
+    monkeypatch.setattr(sa, "AUDIO_RECIPE_VERSION", sa.AUDIO_RECIPE_VERSION + 1)
     with pytest.raises(RuntimeError, match="different recipe"):
-        sc._check_audio(path, plan)
+        sa.check_audio(path, plan)
 
 
 def test_a_second_build_into_the_same_directory_is_refused(tmp_path):

@@ -28,7 +28,10 @@ stage=0
 stop_stage=100
 nj=2
 corpus=synthetic        # librispeech | synthetic
+task=closed             # synthetic only: closed (2,000-word vocabulary) | open
+vocab_words=2000        # synthetic only, closed task: vocabulary size
 train_hours=3.0         # synthetic only
+train_degraded=0.3      # synthetic only: share of train with test-other's reverb and noise
 dev_utts=200            # synthetic only
 test_utts=200           # synthetic only
 seed=42                 # synthetic only
@@ -40,7 +43,7 @@ max_chars_per_sec=30
 full_read=true          # decode all audio in the checks (false: headers only)
 
 help_message="Usage: $0 [--stage N] [--stop-stage N] [--nj N] [--corpus librispeech|synthetic]
-  [--train-hours H] [--dev-utts N] [--test-utts N] [--seed S] [--vocab-sizes \"500 ...\"]
+  [--task closed|open] [--vocab-words N] [--train-degraded F] [--train-hours H] [--dev-utts N] [--test-utts N] [--seed S] [--vocab-sizes \"500 ...\"]
   [--speed-perturb true|false] [--full-libri true|false] [--dl-dir DIR]
   [--max-chars-per-sec X] [--full-read true|false]"
 
@@ -68,6 +71,8 @@ export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
 case "$corpus" in
   synthetic)
     parts="train dev test-clean test-other"
+    # the closed-vocabulary task has an extra, open-vocabulary test set
+    [ "$task" = closed ] && parts="$parts test-open"
     train_parts="train"
     combine_args=""
     ;;
@@ -103,7 +108,8 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   else
     $python "$recipe_dir"/local/prepare_synthetic.py --corpus-dir "$dl_dir/synthetic" --output-dir "$manifests" \
       --train-hours "$train_hours" --dev-utts "$dev_utts" --test-utts "$test_utts" \
-      --seed "$seed" --nj "$nj"
+      --seed "$seed" --nj "$nj" --task "$task" --vocab-words "$vocab_words" \
+      --train-degraded-fraction "$train_degraded"
   fi
 fi
 

@@ -7,7 +7,8 @@ Run from ``egs/librispeech/ASR`` (``prepare.sh --corpus synthetic`` does)::
         --output-dir data/manifests --train-hours 3.0 --nj 2
 
 It writes ``<output-dir>/librispeech_{recordings,supervisions}_<part>.jsonl.gz``
-for the parts ``train``, ``dev``, ``test-clean`` and ``test-other``. Re-running
+for the parts ``train``, ``dev``, ``test-clean``, ``test-other`` and, for the
+closed-vocabulary task (the default), ``test-open``. Re-running
 reuses the audio already made (resumable). See
 ``icefall_spkd/synthetic_corpus.py`` for what each split contains.
 """
@@ -48,6 +49,22 @@ def get_parser() -> argparse.ArgumentParser:
         default=200,
         help="Utterances in each of test-clean and test-other.",
     )
+    parser.add_argument(
+        "--task",
+        choices=("closed", "open"),
+        default="closed",
+        help="closed: sentences of the --vocab-words commonest words (plus a test-open set); "
+        "open: every clean sentence.",
+    )
+    parser.add_argument(
+        "--vocab-words", type=int, default=2000, help="Closed task: vocabulary size."
+    )
+    parser.add_argument(
+        "--train-degraded-fraction",
+        type=float,
+        default=0.3,
+        help="Share of train utterances with test-other's reverb and noise.",
+    )
     parser.add_argument("--seed", type=int, default=42, help="Everything follows this seed.")
     parser.add_argument("--nj", type=int, default=2, help="Parallel worker processes.")
     return parser
@@ -68,6 +85,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         test_utts=args.test_utts,
         seed=args.seed,
         nj=args.nj,
+        task=args.task,
+        vocab_words=args.vocab_words,
+        train_degraded_fraction=args.train_degraded_fraction,
     )
     logging.info(f"Manifests are in {args.output_dir}")
 
