@@ -4,12 +4,18 @@
 what is worth testing on its own:
 
 - :data:`TABLE_ROWS`: every row of the table as the ``train.py`` flags that
-  make it, so the driver and the documentation cannot disagree;
+  make it, so the driver and the documentation cannot disagree, and
+  :func:`row_kd_settings`: the KD settings each row trains with (per-row
+  lambdas, and the PKD control at SP-KD's total KD weight);
 - :func:`parse_errs_file`: the WER and its insertion/deletion/substitution
   split from an ``errs-*`` file written by :mod:`icefall_spkd.wer`;
 - :func:`summarise` and :func:`render_markdown`: one line per row, means and
-  spreads over seeds, relative WER reduction versus the baseline student and
-  the share of the teacher-student gap closed;
+  spreads over seeds of WER, CER and the substitution/deletion/insertion
+  split, relative WER reduction versus the baseline student, the share of
+  the teacher-student gap closed and the training time;
+- :func:`bootstrap_comparisons` and :func:`render_bootstrap`: paired
+  bootstrap intervals of the WER difference of each SP-KD row against each
+  PKD row (:mod:`icefall_spkd.bootstrap`);
 - :func:`plot_chart`: the same numbers as a PNG bar chart.
 """
 
@@ -22,7 +28,7 @@ import statistics
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 @dataclass(frozen=True)
@@ -34,16 +40,26 @@ class TableRow:
       label: what the table prints.
       is_teacher: the teacher row (trained first; the others learn from it).
       train_flags: extra ``train.py`` flags (KD flags) on top of the common ones.
+      total_weight_of: for a control row, the SP-KD row whose total KD weight
+        ``lambda * (1 + rho)`` becomes this row's ``lambda`` (see
+        :func:`row_kd_settings`).
     """
 
     key: str
     label: str
     is_teacher: bool = False
     train_flags: tuple = field(default_factory=tuple)
+    total_weight_of: Optional[str] = None
 
     @property
     def uses_teacher(self) -> bool:
         return "--kd-loss" in self.train_flags
+
+    @property
+    def uses_sampler(self) -> bool:
+        """SP-KD rows: a sampler adds ``lambda * rho * L_samp`` to PKD's ``lambda * L_PKD``."""
+        flags = dict(zip(self.train_flags[::2], self.train_flags[1::2]))
+        return flags.get("--kd-sampler", "none") != "none"
 
 
 def _kd(*flags: str) -> tuple:
@@ -77,6 +93,12 @@ TABLE_ROWS: Dict[str, TableRow] = {
             train_flags=_kd("--kd-loss", "pkd", "--kd-node-weights", "viterbi", "--kd-sampler", "none"),
         ),
         TableRow("pkd", "PKD", train_flags=_kd("--kd-loss", "pkd", "--kd-sampler", "none")),
+        TableRow(
+            "pkd-eq",
+            "PKD at SP-KD's total KD weight",
+            train_flags=_kd("--kd-loss", "pkd", "--kd-sampler", "none"),
+            total_weight_of="spkd-n2",
+        ),
         *[
             TableRow(
                 f"spkd-n{n}",
@@ -108,6 +130,74 @@ TABLE_ROWS: Dict[str, TableRow] = {
         ),
     ]
 }
+
+#: The PKD rows (reference sequence only) every SP-KD row is compared with by
+#: the paired bootstrap.
+PKD_ROWS = ("pkd", "pkd-eq")
+
+
+def parse_row_scales(text: Any) -> Dict[str, float]:
+    """``"pkd=2,spkd-n2=1.5"`` (or a dict) -> ``{"pkd": 2.0, "spkd-n2": 1.5}``.
+
+    Raises ValueError for an unknown row, a row without KD, a control row
+    whose lambda is derived (``pkd-eq``) or a value that is not a number.
+    """
+    if isinstance(text, dict):
+        items = list(text.items())
+    else:
+        items = []
+        for part in str(text or "").split(","):
+            if not part.strip():
+                continue
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise ValueError(f"per-row lambda {part!r}: expected ROW=VALUE, e.g. pkd=2.0")
+            items.append((key.strip(), value.strip()))
+    out: Dict[str, float] = {}
+    for key, value in items:
+        row = TABLE_ROWS.get(key)
+        if row is None or not row.uses_teacher:
+            kd_rows = [k for k, r in TABLE_ROWS.items() if r.uses_teacher]
+            raise ValueError(f"per-row lambda for {key!r}: not a KD row; choose from {kd_rows}")
+        if row.total_weight_of:
+            raise ValueError(
+                f"per-row lambda for {key!r}: its lambda is {row.total_weight_of}'s "
+                f"lambda * (1 + rho); set {row.total_weight_of}'s instead"
+            )
+        try:
+            out[key] = float(value)
+        except ValueError as err:
+            raise ValueError(f"per-row lambda {key}={value!r}: not a number") from err
+    return out
+
+
+def row_kd_settings(key: str, settings: Dict[str, Any], row_scales: Any = None) -> Dict[str, Any]:
+    """The KD settings (:data:`KD_SETTINGS`) row ``key`` trains with; ``{}`` for rows without KD.
+
+    Args:
+      key: a row of :data:`TABLE_ROWS`.
+      settings: the driver's settings (``kd_scale``, ``kd_sampling_scale``, ...).
+      row_scales: per-row lambdas (``parse_row_scales`` input); a row without
+        one uses ``settings["kd_scale"]``.
+    Returns:
+      ``{setting: value}``. A row with ``total_weight_of`` (the PKD control)
+      gets ``kd_scale = lambda_S * (1 + rho)`` with ``lambda_S`` the lambda of
+      that SP-KD row: the same total KD weight, since SP-KD's loss is
+      ``lambda * L_PKD + lambda * rho * L_samp`` with ``L_samp`` averaged over
+      the ``N`` samples and every term normalised per frame.
+    """
+    row = TABLE_ROWS[key]
+    if not row.uses_teacher:
+        return {}
+    scales = parse_row_scales(row_scales)
+    out = {k: settings.get(k) for k in KD_SETTINGS}
+    if row.total_weight_of:
+        lam = scales.get(row.total_weight_of, settings["kd_scale"])
+        out["kd_scale"] = lam * (1.0 + float(settings["kd_sampling_scale"]))
+    else:
+        out["kd_scale"] = scales.get(key, settings["kd_scale"])
+    return out
+
 
 _ERRS_HEADER = re.compile(
     r"%WER\s*=\s*([0-9.]+)\s*\[\s*(\d+)\s*/\s*(\d+),\s*(\d+)\s*ins,\s*(\d+)\s*del,\s*(\d+)\s*sub\s*\]"
@@ -155,8 +245,8 @@ def parse_errs_file(path: Path) -> Dict[str, float]:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    if not values:
+    """Mean and sample standard deviation (0 for a single value); NaN if any value is NaN."""
+    if not values or any(math.isnan(v) for v in values):
         return math.nan, math.nan
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -175,30 +265,46 @@ def summarise(
       method: decoding method whose WERs are summarised.
       test_sets: columns, in order.
     Returns:
-      row key -> {"wer": {set: (mean, std)}, "seeds": n, "params": int,
+      row key -> {"wer": {set: (mean, std)}, "cer": {set: (mean, std)},
+      "sdi": {set: (S, D, I)}, "seeds": n, "params": int,
       "rel_reduction": {set: percent or None}, "gap_closed": {set: percent or None},
-      "train_minutes": mean, "step_seconds": mean, "del_share": {set: percent}}.
-      Relative reduction is ``(base - row) / base``; gap closed is
+      "train_minutes": (mean, std), "step_seconds": mean, "del_share": {set: percent},
+      "kd": the run's KD settings or None}.
+      ``S``, ``D``, ``I`` are substitutions, deletions and insertions in
+      percent of the reference words, each the mean over seeds (they add up
+      to the mean WER). CER is NaN for results decoded before CER was
+      written. Relative reduction is ``(base - row) / base``; gap closed is
       ``(base - row) / (base - teacher)``, both on the means, and only where
       the baseline (and, for the gap, the teacher) exists and the gap is positive.
     """
     out: Dict[str, Dict[str, Any]] = {}
     for key, runs in results.items():
         wer: Dict[str, tuple] = {}
+        cer: Dict[str, tuple] = {}
+        sdi: Dict[str, tuple] = {}
         del_share: Dict[str, float] = {}
         for s in test_sets:
-            vals = [r["wer"][method][s]["wer"] for r in runs if s in r["wer"].get(method, {})]
-            wer[s] = mean_std(vals)
             errs = [r["wer"][method][s] for r in runs if s in r["wer"].get(method, {})]
-            tot = sum(e["errors"] for e in errs)
+            wer[s] = mean_std([e["wer"] for e in errs])
+            cer[s] = mean_std([e.get("cer", math.nan) for e in errs])
+            sdi[s] = tuple(
+                statistics.fmean(100.0 * e[k] / e["ref_words"] for e in errs)
+                if errs and all(e.get("ref_words") for e in errs)
+                else math.nan
+                for k in ("sub", "del", "ins")
+            )
+            tot = sum(e.get("errors", 0) for e in errs)
             del_share[s] = 100.0 * sum(e["del"] for e in errs) / tot if tot else math.nan
         out[key] = {
             "wer": wer,
+            "cer": cer,
+            "sdi": sdi,
+            "kd": runs[0].get("kd"),
             "del_share": del_share,
             "seeds": len(runs),
             "seed_list": [r["seed"] for r in runs],
             "params": runs[0]["params"],
-            "train_minutes": statistics.fmean(r["train_seconds"] for r in runs) / 60.0,
+            "train_minutes": mean_std([r["train_seconds"] / 60.0 for r in runs]),
             "step_seconds": statistics.fmean(
                 r["train_seconds"] / max(r["num_batches"], 1) for r in runs
             ),
@@ -234,26 +340,49 @@ def _fmt_pct(v: Optional[float]) -> str:
     return "-" if v is None or math.isnan(v) else f"{v:+.1f}"
 
 
+def _label(key: str) -> str:
+    return TABLE_ROWS[key].label if key in TABLE_ROWS else key
+
+
+def _fmt_sdi(v: tuple) -> str:
+    return "-" if any(math.isnan(x) for x in v) else " / ".join(f"{x:.1f}" for x in v)
+
+
+def _fmt_kd(kd: Optional[Dict[str, Any]], key: str) -> str:
+    """``lambda`` of a KD row, and its total KD weight ``lambda (1 + rho)`` for sampling rows."""
+    if not kd or kd.get("kd_scale") is None:
+        return "-"
+    lam = float(kd["kd_scale"])
+    row = TABLE_ROWS.get(key)
+    if row is not None and row.uses_sampler:
+        return f"{lam:g} ({lam * (1 + float(kd['kd_sampling_scale'])):g})"
+    return f"{lam:g}"
+
+
 def render_markdown(
     summary: Dict[str, Dict[str, Any]],
     row_order: Sequence[str],
     test_sets: Sequence[str],
-    gap_set: Optional[str] = None,
+    detail_set: Optional[str] = None,
 ) -> str:
     """A markdown table, one line per row in ``row_order`` present in ``summary``.
 
-    Columns: method, parameters (M), seeds, WER per test set (mean ± std over
-    seeds), relative WER reduction versus the baseline on each set, share of
-    the teacher-student gap closed on ``gap_set`` (default: the first test
-    set), the share of errors that are deletions on ``gap_set``, training
-    minutes and seconds per training batch.
+    Columns: method; parameters (M); seeds; lambda, with the total KD weight
+    ``lambda (1 + rho)`` in brackets for SP-KD rows; WER and CER per test set
+    (mean ± sample std over seeds); substitutions / deletions / insertions in
+    percent of the words on ``detail_set`` (default: the first test set);
+    relative WER reduction versus the baseline and share of the
+    teacher-student gap closed, per test set; training minutes (mean ± std)
+    and seconds per training batch.
     """
-    gap_set = gap_set or test_sets[0]
+    detail_set = detail_set or test_sets[0]
     head = (
-        ["method", "params (M)", "seeds"]
+        ["method", "params (M)", "seeds", "λ (total KD weight)"]
         + [f"WER {s}" for s in test_sets]
+        + [f"CER {s}" for s in test_sets]
+        + [f"S / D / I {detail_set}"]
         + [f"rel. red. {s} (%)" for s in test_sets]
-        + [f"gap closed {gap_set} (%)", f"deletions {gap_set} (% of errors)"]
+        + [f"gap closed {s} (%)" for s in test_sets]
         + ["train (min)", "s / batch"]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -261,14 +390,89 @@ def render_markdown(
         if key not in summary:
             continue
         row = summary[key]
+        n = row["seeds"]
         label = TABLE_ROWS[key].label if key in TABLE_ROWS else key
-        cells = [label, f"{row['params'] / 1e6:.2f}", str(row["seeds"])]
-        cells += [_fmt_wer(*row["wer"][s], row["seeds"]) for s in test_sets]
+        cells = [label, f"{row['params'] / 1e6:.2f}", str(n), _fmt_kd(row.get("kd"), key)]
+        cells += [_fmt_wer(*row["wer"][s], n) for s in test_sets]
+        cells += [_fmt_wer(*row["cer"][s], n) for s in test_sets]
+        cells += [_fmt_sdi(row["sdi"][detail_set])]
         cells += [_fmt_pct(row["rel_reduction"][s]) for s in test_sets]
-        cells += [_fmt_pct(row["gap_closed"][gap_set])]
-        ds = row["del_share"][gap_set]
-        cells += ["-" if math.isnan(ds) else f"{ds:.0f}"]
-        cells += [f"{row['train_minutes']:.1f}", f"{row['step_seconds']:.2f}"]
+        cells += [_fmt_pct(row["gap_closed"][s]) for s in test_sets]
+        tm, ts = row["train_minutes"]
+        cells += [f"{tm:.1f} ± {ts:.1f}" if n > 1 else f"{tm:.1f}", f"{row['step_seconds']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bootstrap_comparisons(
+    utt_errors: Dict[str, Dict[int, Dict[str, Tuple[int, int]]]],
+    row_order: Sequence[str],
+    num_resamples: int = 10000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> List[Dict[str, Any]]:
+    """Paired bootstrap of every SP-KD row against every PKD row (:data:`PKD_ROWS`).
+
+    Args:
+      utt_errors: row -> seed -> cut id -> ``(word errors, reference words)``
+        on one test set (:func:`icefall_spkd.wer.utterance_errors`).
+      row_order: rows in table order; SP-KD rows are those with a sampler.
+      num_resamples, confidence, seed: of :func:`icefall_spkd.bootstrap.paired_bootstrap`.
+    Returns:
+      one dict per (SP-KD row, PKD row) pair present: ``{"a", "b", "seeds",
+      "result"}``. The runs of the seeds both rows have are paired seed by
+      seed and pooled by resampling utterances (see :mod:`icefall_spkd.bootstrap`);
+      ``result`` is None when they share no seed.
+    """
+    from icefall_spkd.bootstrap import paired_arrays, paired_bootstrap
+
+    out: List[Dict[str, Any]] = []
+    for a in row_order:
+        if a not in utt_errors or a not in TABLE_ROWS or not TABLE_ROWS[a].uses_sampler:
+            continue
+        for b in PKD_ROWS:
+            if b not in utt_errors:
+                continue
+            seeds = sorted(set(utt_errors[a]) & set(utt_errors[b]))
+            result = None
+            if seeds:
+                ref, ea, eb = paired_arrays(
+                    [utt_errors[a][s] for s in seeds], [utt_errors[b][s] for s in seeds], (a, b)
+                )
+                result = paired_bootstrap(ref, ea, eb, num_resamples, confidence, seed)
+            out.append({"a": a, "b": b, "seeds": seeds, "result": result})
+    return out
+
+
+def render_bootstrap(comparisons: Sequence[Dict[str, Any]], test_set: str) -> str:
+    """Markdown table of :func:`bootstrap_comparisons` (difference = SP-KD minus PKD, WER %)."""
+    if not comparisons:
+        return ""
+    conf = next((c["result"].confidence for c in comparisons if c["result"]), 0.95)
+    head = [
+        "SP-KD row",
+        "against",
+        "seeds (paired)",
+        "utterances",
+        f"WER difference {test_set} (SP-KD − PKD)",
+        f"{100 * conf:g} % interval",
+        "resamples with SP-KD better (%)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in comparisons:
+        r = c["result"]
+        if r is None:
+            cells = [_label(c["a"]), _label(c["b"]), "none in common", "-", "-", "-", "-"]
+        else:
+            cells = [
+                _label(c["a"]),
+                _label(c["b"]),
+                ", ".join(str(s) for s in c["seeds"]),
+                str(r.num_utts),
+                f"{r.difference:+.2f}",
+                f"[{r.low:+.2f}, {r.high:+.2f}]",
+                f"{100 * r.share_a_better:.1f}",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -8,8 +8,12 @@ import pytest
 
 from icefall_spkd.results_table import (
     TABLE_ROWS,
+    bootstrap_comparisons,
     parse_errs_file,
+    parse_row_scales,
+    render_bootstrap,
     render_markdown,
+    row_kd_settings,
     summarise,
 )
 from icefall_spkd.wer import write_error_stats
@@ -94,3 +98,80 @@ def test_every_row_names_valid_kd_flags():
             assert flags["--kd-sampler"] in ("teacher", "batch")
         else:
             assert flags["--kd-sampler"] == "none"
+
+
+def _run_sdi(seed, sub, dels, ins, ref=200, cer=None):
+    """A result on dev with the given counts; WER = (S + D + I) / ref."""
+    e = {"wer": 100.0 * (sub + dels + ins) / ref, "errors": sub + dels + ins, "ref_words": ref,
+         "ins": ins, "del": dels, "sub": sub}  # fmt: skip
+    if cer is not None:
+        e["cer"] = cer
+    return {"seed": seed, "params": 10, "train_seconds": 60.0 * seed, "num_batches": 1,
+            "wer": {"mbs": {"dev": e}}}  # fmt: skip
+
+
+def test_cer_and_sdi_columns_by_hand():
+    # seed 1: S 10 D 6 I 4 of 200 words = 5 / 3 / 2 %; seed 3: S 14 D 2 I 0 = 7 / 1 / 0 %
+    results = {"pkd": [_run_sdi(1, 10, 6, 4, cer=6.0), _run_sdi(3, 14, 2, 0, cer=4.0)]}
+    row = summarise(results, "mbs", ["dev"])["pkd"]
+    assert row["sdi"]["dev"] == pytest.approx((6.0, 2.0, 1.0))
+    assert row["wer"]["dev"][0] == pytest.approx(sum(row["sdi"]["dev"]))  # S + D + I = WER
+    assert row["cer"]["dev"] == pytest.approx((5.0, math.sqrt(2.0)))
+    assert row["train_minutes"] == pytest.approx((2.0, math.sqrt(2.0)))  # 1 and 3 minutes
+    line = render_markdown({"pkd": row}, ["pkd"], ["dev"]).splitlines()[2]
+    assert "| 5.00 ± 1.41 |" in line and "| 6.0 / 2.0 / 1.0 |" in line and "| 2.0 ± 1.4 |" in line
+    # results decoded before CER was written: CER is "-", the rest still there
+    old = summarise({"pkd": [_run_sdi(1, 10, 6, 4), _run_sdi(3, 14, 2, 0)]}, "mbs", ["dev"])
+    assert math.isnan(old["pkd"]["cer"]["dev"][0])
+    assert "| - |" in render_markdown(old, ["pkd"], ["dev"]).splitlines()[2]
+
+
+KD = {"kd_scale": 0.5, "kd_sampling_scale": 1.0, "kd_temperature": 1.0, "kd_prune_range": 5,
+      "kd_sample_temperature": 1.0}  # fmt: skip
+
+
+def test_pkd_control_gets_the_total_kd_weight_of_spkd():
+    assert row_kd_settings("baseline", KD) == {} and row_kd_settings("teacher", KD) == {}
+    assert row_kd_settings("pkd", KD)["kd_scale"] == 0.5
+    assert row_kd_settings("pkd-eq", KD)["kd_scale"] == 1.0  # 0.5 * (1 + 1)
+    # per-row lambdas: PKD its own; the control follows SP-KD (N=2): 2.0 * (1 + 0.5)
+    kd = {**KD, "kd_sampling_scale": 0.5}
+    scales = "pkd=4.0,spkd-n2=2.0"
+    assert row_kd_settings("pkd", kd, scales)["kd_scale"] == 4.0
+    assert row_kd_settings("spkd-n2", kd, scales)["kd_scale"] == 2.0
+    assert row_kd_settings("pkd-eq", kd, scales)["kd_scale"] == 3.0
+    assert row_kd_settings("spkd-n4", kd, scales)["kd_scale"] == 0.5  # no override: the common one
+    assert row_kd_settings("pkd-eq", kd, scales)["kd_sampling_scale"] == 0.5
+    assert TABLE_ROWS["pkd-eq"].train_flags == TABLE_ROWS["pkd"].train_flags
+
+
+def test_parse_row_scales_refuses_what_it_cannot_use():
+    assert parse_row_scales("pkd=2, spkd-n2=1.5") == {"pkd": 2.0, "spkd-n2": 1.5}
+    assert parse_row_scales("") == {} and parse_row_scales({"pkd": 1}) == {"pkd": 1.0}
+    with pytest.raises(ValueError, match="baseline"):
+        parse_row_scales("baseline=1")
+    with pytest.raises(ValueError, match="spkd-n2's"):
+        parse_row_scales("pkd-eq=1")
+    with pytest.raises(ValueError, match="ROW=VALUE"):
+        parse_row_scales("pkd")
+    with pytest.raises(ValueError, match="not a number"):
+        parse_row_scales("pkd=x")
+
+
+def test_bootstrap_comparisons_pair_the_common_seeds():
+    # 4 utterances of 5 words; SP-KD makes one error fewer than PKD on u1 in each seed
+    pkd = {s: {"u1": (2, 5), "u2": (1, 5), "u3": (0, 5), "u4": (1, 5)} for s in (42, 43, 44)}
+    spkd = {s: {"u1": (1, 5), "u2": (1, 5), "u3": (0, 5), "u4": (1, 5)} for s in (42, 43)}
+    utt = {"pkd": pkd, "pkd-eq": {7: pkd[42]}, "spkd-n2": spkd, "baseline": pkd}
+    comps = bootstrap_comparisons(utt, list(TABLE_ROWS), num_resamples=2000)
+    assert [(c["a"], c["b"], c["seeds"]) for c in comps] == [
+        ("spkd-n2", "pkd", [42, 43]),
+        ("spkd-n2", "pkd-eq", []),
+    ]
+    r = comps[0]["result"]
+    assert r.difference == pytest.approx(-100.0 / 20) and r.num_runs == 2
+    assert r.low <= -5.0 <= r.high <= 0.0
+    text = render_bootstrap(comps, "test-clean")
+    lines = text.splitlines()
+    assert "| SP-KD (teacher sampler, N=2) | PKD | 42, 43 | 4 | -5.00 |" in lines[2]
+    assert "none in common" in lines[3]
