@@ -67,20 +67,24 @@ def pad_token_ids(
     return y, y_lens
 
 
-def setup_logger(log_filename: Union[str, Path], log_level: str = "info", rank: int = 0) -> None:
-    """Log to ``<log_filename>-<date>`` (plus ``-<rank>`` under DDP) and to stderr.
+def setup_logger(
+    log_filename: Union[str, Path], log_level: str = "info", rank: int = 0, world_size: int = 1
+) -> None:
+    """Log to ``<log_filename>-<date>`` (``-<date>-<rank>`` under DDP) and to stderr.
 
     Mirrors icefall's ``setup_logger``: one file per run in the experiment
-    directory, so a resumed run keeps the earlier logs.
+    directory, so a resumed run keeps the earlier logs; with several
+    processes every rank writes its own file and tags its lines ``(rank/world)``.
     """
     import datetime
 
     now = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
-    log_filename = Path(f"{log_filename}-{now}" + (f"-{rank}" if rank > 0 else ""))
+    distributed = world_size > 1 or rank > 0
+    log_filename = Path(f"{log_filename}-{now}" + (f"-{rank}" if distributed else ""))
     log_filename.parent.mkdir(parents=True, exist_ok=True)
     fmt = (
-        f"%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] (rank {rank}) %(message)s"
-        if rank > 0 or os.environ.get("WORLD_SIZE", "1") != "1"
+        f"%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] ({rank}/{world_size}) %(message)s"
+        if distributed
         else "%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] %(message)s"
     )
     level = getattr(logging, log_level.upper())

@@ -10,6 +10,13 @@ Usage (from egs/librispeech/ASR)::
     # 4 GPUs with DDP (nccl); on CPU, several processes use gloo
     ./spkd_transducer/train.py --world-size 4 --num-epochs 30 --exp-dir spkd_transducer/exp
 
+    # the same under torchrun: one process per GPU, here 2 machines x 8 GPUs
+    # (run on each machine, --node-rank 0 and 1; RANK, LOCAL_RANK and
+    # WORLD_SIZE come from torchrun, so --world-size is left out)
+    torchrun --nnodes 2 --nproc-per-node 8 --node-rank 0 \
+        --master-addr node0.example.com --master-port 29500 \
+        ./spkd_transducer/train.py --num-epochs 30 --exp-dir spkd_transducer/exp
+
     # resume: from the end of epoch 3 ...
     ./spkd_transducer/train.py --start-epoch 4 ...
     # ... or exactly from checkpoint-12000.pt (same epoch, next batch)
@@ -27,8 +34,15 @@ same BPE model (its architecture is read from the file)::
         --teacher-checkpoint spkd_transducer/exp_teacher/epoch-30.pt \
         --kd-loss pkd --kd-sampler teacher --kd-num-samples 2 --kd-scale 0.5 --kd-sampling-scale 1.0
 
-Outputs in ``--exp-dir``: ``epoch-N.pt``, ``checkpoint-<batch>.pt`` (the last
-``--keep-last-k``), ``log/log-train-*`` and ``tensorboard/``.
+Outputs in ``--exp-dir`` (icefall's layout): ``epoch-N.pt``,
+``checkpoint-<batch>.pt`` (the last ``--keep-last-k``), ``best-train-loss.pt``,
+``best-valid-loss.pt``, ``log/log-train-<date>[-<rank>]``, ``tensorboard/`` and,
+for a batch skipped because of a non-finite loss, ``batch-<epoch>-<batch>.pt``
+(its cut ids and features).
+
+Training safety: ``--max-grad-norm`` clips the gradient norm before each
+AdamW step (the norm is logged either way); ``--inf-check true`` names the
+first module whose output is not finite.
 
 ``--use-fp16``/``--use-bf16`` only apply on CUDA; on CPU they are ignored with
 a warning and training runs in float32.
@@ -46,6 +60,7 @@ from pathlib import Path
 import torch
 
 from icefall_spkd.data import AsrDataModule
+from icefall_spkd.distributed import launch_from_environ
 from icefall_spkd.models.presets import add_model_arguments
 from icefall_spkd.teacher import add_kd_arguments as _add_kd_arguments
 from icefall_spkd.training import run
@@ -68,8 +83,16 @@ def get_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     g = parser.add_argument_group("Training")
-    g.add_argument("--world-size", type=int, default=1, help="Number of DDP processes.")
-    g.add_argument("--master-port", type=int, default=12354, help="DDP master port.")
+    g.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        help="Number of DDP processes spawned on this machine (default 1). Under torchrun "
+        "leave it out: the processes and WORLD_SIZE come from torchrun.",
+    )
+    g.add_argument(
+        "--master-port", type=int, default=12354, help="DDP master port (--world-size > 1)."
+    )
     g.add_argument("--tensorboard", type=str2bool, default=True, help="Write tensorboard logs.")
     g.add_argument("--num-epochs", type=int, default=30, help="Train up to this epoch (1-based).")
     g.add_argument(
@@ -150,6 +173,19 @@ def get_parser() -> argparse.ArgumentParser:
         default=20,
         help="Abort after this many consecutive batches with a non-finite loss.",
     )
+    g.add_argument(
+        "--max-grad-norm",
+        type=float,
+        default=0.0,
+        help="Clip the total gradient 2-norm to this value before each AdamW step "
+        "(0: no clipping; the norm is logged either way).",
+    )
+    g.add_argument(
+        "--inf-check",
+        type=str2bool,
+        default=False,
+        help="Forward hooks that name the first module with a non-finite output (slower).",
+    )
     add_kd_arguments(parser)
     add_model_arguments(parser)
     AsrDataModule.add_arguments(parser)
@@ -159,6 +195,21 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     args.exp_dir = Path(args.exp_dir)
+    try:
+        env = launch_from_environ()
+    except ValueError as e:
+        sys.exit(f"train.py: {e}")
+    if env is not None:  # torchrun started this process: train as its rank, spawn nothing
+        if args.world_size not in (None, env.world_size):
+            sys.exit(
+                f"--world-size {args.world_size} but torchrun's WORLD_SIZE is {env.world_size}; "
+                "leave --world-size out under torchrun"
+            )
+        args.world_size = env.world_size
+        run(rank=env.rank, world_size=env.world_size, args=args, dist_env=env)
+        return
+    if args.world_size is None:
+        args.world_size = 1
     if args.world_size < 1:
         sys.exit(f"--world-size must be >= 1, got {args.world_size}")
     if args.world_size > 1:
