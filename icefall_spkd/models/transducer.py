@@ -34,7 +34,7 @@ when some utterance has more symbols than ``T_b * (prune_range - 1)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -102,8 +102,15 @@ class Transducer(nn.Module):
         encoder_dim: int,
         decoder_dim: int,
         vocab_size: int,
+        encoder_embed: Optional[nn.Module] = None,
+        use_ctc: bool = False,
     ) -> None:
         super().__init__()
+        if encoder_embed is not None:
+            # icefall's Zipformer layout: the front end is a top-level module.
+            self.encoder_embed = encoder_embed
+        else:
+            self.encoder_embed = None
         self.encoder = encoder
         self.decoder = decoder
         self.joiner = joiner
@@ -111,6 +118,12 @@ class Transducer(nn.Module):
         self.blank_id = decoder.blank_id
         self.simple_am_proj = nn.Linear(encoder_dim, vocab_size)
         self.simple_lm_proj = nn.Linear(decoder_dim, vocab_size)
+        # icefall's CTC head: Dropout(0.1), Linear(encoder_dim, vocab), LogSoftmax.
+        self.ctc_output: Optional[nn.Sequential] = None
+        if use_ctc:
+            self.ctc_output = nn.Sequential(
+                nn.Dropout(p=0.1), nn.Linear(encoder_dim, vocab_size), nn.LogSoftmax(dim=-1)
+            )
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -149,8 +162,56 @@ class Transducer(nn.Module):
         return out.simple_loss, out.pruned_loss
 
     def forward_encoder(self, x: Tensor, x_lens: Tensor) -> tuple[Tensor, Tensor]:
-        """``x`` (N, T, F), ``x_lens`` (N,) -> ``encoder_out`` (N, T', C), ``encoder_out_lens`` (N,)."""
+        """``x`` (N, T, F), ``x_lens`` (N,) -> ``encoder_out`` (N, T', C), ``encoder_out_lens`` (N,).
+
+        With an ``encoder_embed`` (Zipformer) it runs first, then the encoder on
+        its (N, T, C) output; no feature normalisation is applied (as in icefall).
+        """
+        if self.encoder_embed is not None:
+            x, x_lens = self.encoder_embed(x, x_lens)
+            if bool((x_lens <= 0).any()):
+                raise ValueError(
+                    f"an utterance is too short for the Zipformer front end (input lengths "
+                    f"{(x_lens * 2 + 7).tolist()}); it needs at least 9 feature frames"
+                )
         return self.encoder(x, x_lens)
+
+    def ctc_loss(
+        self, encoder_out: Tensor, encoder_out_lens: Tensor, y_padded: Tensor, y_lens: Tensor
+    ) -> Tensor:
+        """icefall's CTC loss (``reduction="sum"``, blank = ``blank_id``) of the CTC head.
+
+        Args:
+          encoder_out: ``(N, T, C)``; encoder_out_lens: ``(N,)``.
+          y_padded: ``(N, U)`` token ids (anything after each ``y_lens[n]``).
+          y_lens: ``(N,)``.
+        Returns:
+          Scalar float32, the negative log-likelihood summed over the batch
+          (``inf`` where a target cannot fit, as ``torch.nn.functional.ctc_loss``).
+        """
+        if self.ctc_output is None:
+            raise RuntimeError("this model has no CTC head; build it with use_ctc=True")
+        log_probs = self.ctc_output(encoder_out)  # (N, T, V)
+        with _no_autocast(encoder_out.device):
+            return F.ctc_loss(
+                log_probs=log_probs.float().transpose(0, 1),
+                targets=y_padded.to(torch.int64).cpu(),
+                input_lengths=encoder_out_lens.to(torch.int64).cpu(),
+                target_lengths=y_lens.to(torch.int64).cpu(),
+                blank=self.blank_id,
+                reduction="sum",
+            )
+
+    def set_batch_count(self, batch_count: float) -> None:
+        """Set the training batch count that drives every ScheduledFloat (Zipformer).
+
+        icefall passes ``batch_idx_train * max_duration * world_size / 600``
+        (``get_adjusted_batch_count``); call it every step and after resuming.
+        A no-op for models without scheduled values (the Conformer).
+        """
+        from .scaling import set_batch_count
+
+        set_batch_count(self, batch_count)
 
     def run_decoder(self, y_padded: Tensor) -> Tensor:
         """Decoder on ``[blank] + y``: ``y_padded`` (B, U) -> (B, U+1, D)."""
