@@ -190,3 +190,123 @@ def test_a_finished_run_is_decoded_for_a_missing_test_set(run_table, monkeypatch
     assert decoded == [["test-other"]]
     wer = json.loads((d / "result.json").read_text())["wer"]["modified_beam_search"]
     assert wer == {"dev": {"wer": 50.0}, "test-other": {"wer": 60.0}}
+
+
+def test_pkd_control_and_per_row_lambdas_reach_train_py(run_table, monkeypatch, tmp_path):
+    """pkd-eq trains PKD at lambda_spkd * (1 + rho); per-row lambdas override --kd-scale."""
+    base = ["--kd-scale", "0.5", "--kd-sampling-scale", "1.0"]
+    cmd = _train_cmd(run_table, monkeypatch, tmp_path, "pkd-eq", base)
+    assert cmd.count("--kd-scale") == 1 and _flag(cmd, "--kd-scale") == "1.0"  # 0.5 * 2
+    assert _flag(cmd, "--kd-loss") == "pkd" and _flag(cmd, "--kd-sampler") == "none"
+    (tmp_path / "lambdas.json").write_text('{"row_kd_scale": {"pkd": 4.0, "spkd-n2": 2.0}}')
+    argv = ["--kd-sampling-scale", "0.5", "--kd-scales-from", str(tmp_path / "lambdas.json")]
+    args = run_table.get_parser().parse_args(argv)
+    assert run_table.resolve_row_scales(args) == {"pkd": 4.0, "spkd-n2": 2.0}
+    args = run_table.get_parser().parse_args(argv + ["--row-kd-scale", "spkd-n2=1.0"])
+    scales = run_table.resolve_row_scales(args)
+    assert scales == {"pkd": 4.0, "spkd-n2": 1.0}  # the command line wins
+    for key, lam in [("pkd", "4.0"), ("spkd-n2", "1.0"), ("pkd-eq", "1.5"), ("spkd-n4", "0.5")]:
+        (tmp_path / key).mkdir()
+        cmd = _train_cmd(run_table, monkeypatch, tmp_path / key, key,
+                         ["--kd-sampling-scale", "0.5", "--row-kd-scale", "pkd=4,spkd-n2=1"])  # fmt: skip
+        assert _flag(cmd, "--kd-scale") == lam, key
+    bad = run_table.get_parser().parse_args(["--row-kd-scale", "pkd-eq=3"])
+    with pytest.raises(SystemExit, match="spkd-n2's"):
+        run_table.resolve_row_scales(bad)
+
+
+def test_reuse_compares_the_lambda_a_row_gets(run_table, tmp_path):
+    """A PKD run made with --kd-scale 2 is the run --row-kd-scale pkd=2 asks for; SP-KD's is not."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    run_table.check_settings(run_table.get_parser().parse_args(["--kd-scale", "2.0"]), src)
+    for key in ("pkd", "spkd-n2", "pkd-eq"):
+        _finished_run(src, key, 42)
+    args = run_table.get_parser().parse_args(["--kd-scale", "0.5", "--row-kd-scale", "pkd=2"])
+    args.row_kd_scale = run_table.resolve_row_scales(args)
+    tasks = [("pkd", 42), ("spkd-n2", 42), ("pkd-eq", 42)]
+    run_table.link_reusable_runs(args, dst, tasks, [src])
+    assert (dst / "pkd/seed-42").is_symlink()
+    assert not (dst / "spkd-n2/seed-42").exists()  # made at lambda 2, wanted at 0.5
+    assert not (dst / "pkd-eq/seed-42").exists()  # made at 2 * 2 = 4, wanted at 0.5 * 2 = 1
+
+
+REFS = {f"u{i:02d}": [f"W{i}{j}" for j in range(5)] for i in range(20)}  # 20 x 5 words
+# word substitutions per utterance on test-clean, for utterances u00..u09 (the rest correct)
+ROW_ERRORS = {"teacher": 0, "baseline": 3, "pkd": 2, "pkd-eq": 1, "spkd-n2": 1}
+
+
+def _fake_pipeline(run_table, monkeypatch):
+    """train.py / export.py / decode.py replaced by fakes that write what the real ones would."""
+    from icefall_spkd.wer import write_error_stats, write_recogs
+
+    trained = []
+
+    def fake_run(cmd, dry_run, log_file=None):
+        flag = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--")}
+        exp_dir = Path(flag["--exp-dir"])
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        key, seed = exp_dir.parent.name, int(exp_dir.name.split("-")[1])
+        if cmd[1].endswith("train.py"):
+            trained.append((key, seed, flag.get("--kd-scale")))
+            (exp_dir / f"epoch-{flag['--num-epochs']}.pt").write_bytes(b"")
+        elif cmd[1].endswith("export.py"):
+            (exp_dir / "pretrained.pt").write_bytes(b"")
+        else:  # decode.py
+            method = flag["--decoding-method"]
+            suffix = f"epoch-{flag['--epoch']}-avg-{flag['--avg']}"
+            suffix += "-use-averaged-model" if flag["--use-averaged-model"] == "true" else ""
+            suffix += "-beam-size-4" if method == "modified_beam_search" else ""
+            sets = cmd[cmd.index("--test-sets") + 1 :]
+            n_err = ROW_ERRORS[key] + (seed - 42 if key == "baseline" else 0)
+            results = [
+                (c, ref, ["X"] * n_err + ref[n_err:] if int(c[1:]) < 10 else ref)
+                for c, ref in REFS.items()
+            ]
+            for s in sets:
+                (exp_dir / method).mkdir(exist_ok=True)
+                write_recogs(exp_dir / method / f"recogs-{s}-{suffix}.txt", results)
+                write_error_stats(exp_dir / method / f"errs-{s}-{suffix}.txt", s, results)
+
+    monkeypatch.setattr(run_table, "_run", fake_run)
+    monkeypatch.setattr(run_table, "count_params", lambda d, e: 1000)
+    monkeypatch.setattr(run_table, "num_batches", lambda d, e: 10)
+    monkeypatch.setattr(run_table, "plot_chart", lambda *a: None)
+    return trained
+
+
+def test_fair_table_from_fake_runs(run_table, monkeypatch, tmp_path):
+    """Four rows with three seeds, per-row lambdas, CER, S/D/I and the bootstrap, end to end."""
+    import json
+
+    trained = _fake_pipeline(run_table, monkeypatch)
+    argv = ["run_table.py", "--rows", "baseline,pkd,pkd-eq,spkd-n2", "--exp-root", str(tmp_path),
+            "--extra-seeds", "43,44", "--test-sets", "dev,test-clean",
+            "--decoding-methods", "greedy_search", "--kd-sampling-scale", "0.5",
+            "--row-kd-scale", "pkd=4,spkd-n2=2", "--bootstrap-resamples", "2000"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    run_table.main()
+    # the teacher once, each of the four rows with three seeds (the default --extra-seed-rows)
+    assert sorted(trained) == sorted(
+        [("teacher", 42, None)]
+        + [(k, s, lam) for k, lam in [("baseline", None), ("pkd", "4.0"), ("pkd-eq", "3.0"),
+                                      ("spkd-n2", "2.0")] for s in (42, 43, 44)]
+    )  # fmt: skip
+    res = json.loads((tmp_path / "pkd-eq/seed-43/result.json").read_text())
+    assert res["kd"]["kd_scale"] == 3.0
+    assert res["wer"]["greedy_search"]["test-clean"]["cer"] > 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    lines = text.splitlines()
+    row: dict = {}
+    for ln in lines:  # the first table's line of each row (the bootstrap table comes after)
+        if ln.startswith("| "):
+            row.setdefault(ln.split(" | ")[0][2:], ln)
+    # PKD: 2 substitutions in 10 of 20 five-word utterances = 20 % WER, all substitutions
+    assert "| 20.00 ± 0.00 |" in row["PKD"] and "| 20.0 / 0.0 / 0.0 |" in row["PKD"]
+    # baseline 30, 40, 50 %: mean 40, sample std 10; teacher 0: PKD closes half the gap
+    assert "| 40.00 ± 10.00 |" in row["student baseline"]
+    assert "+50.0" in row["PKD"] and "| 4 |" in row["PKD"]
+    assert "| 2 (3) |" in row["SP-KD (teacher sampler, N=2)"]  # lambda 2, total 2 * 1.5
+    # the bootstrap: SP-KD (10 errors) against PKD (20) and the control (10) on 100 words
+    boot = [ln for ln in lines if ln.startswith("| SP-KD (teacher sampler, N=2) | PKD")]
+    assert "| 42, 43, 44 | 20 | -10.00 |" in boot[0]
+    assert "| 42, 43, 44 | 20 | +0.00 | [+0.00, +0.00] |" in boot[1]

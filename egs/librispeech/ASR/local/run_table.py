@@ -10,8 +10,14 @@ Usage (from egs/librispeech/ASR, after ./prepare.sh)::
     ./local/run_table.py --rows teacher,baseline,pkd,spkd-n2 --exp-root demo_exp \
         --results demo_exp/RESULTS.md
 
-    # extra seeds for the rows whose spread matters
-    ./local/run_table.py --seeds 42 --extra-seeds 43,44 --extra-seed-rows baseline,spkd-n2
+    # extra seeds for the rows whose spread matters (default: baseline, both
+    # PKD rows and SP-KD N=2)
+    ./local/run_table.py --seeds 42 --extra-seeds 43,44
+
+    # the fair comparison: lambda per method as tuned on dev by local/tune_kd.py,
+    # the PKD control at SP-KD's total KD weight, three seeds, paired bootstrap
+    ./local/run_table.py --rows teacher,baseline,pkd,pkd-eq,spkd-n2 --exp-root fair \
+        --kd-sampling-scale 0.5 --kd-scales-from tune_lambda/lambdas.json --extra-seeds 43,44
 
     # KD rows with other KD settings, reusing the teacher and baseline of a table
     ./local/run_table.py --rows baseline,pkd,spkd-n2 --exp-root table_lam1 \
@@ -30,7 +36,24 @@ decoding method is decoded for it and its ``result.json`` extended.
 one instead of training them again: ``<exp-root>/<row>/seed-<s>`` becomes a
 link to ``ROOT/<row>/seed-<s>`` when ROOT made that run with the settings the
 row depends on (the teacher and the baseline do not depend on the KD settings;
-the KD rows depend on all of them).
+the KD rows depend on all of them; a run is reused when the KD settings it
+was made with equal the ones its row gets now).
+
+KD weights: every KD row gets ``--kd-scale`` (lambda) unless
+``--row-kd-scale ROW=VALUE`` or ``--kd-scales-from FILE`` (the
+``lambdas.json`` of ``local/tune_kd.py --rows``) gives it its own. The row
+``pkd-eq`` is PKD at SP-KD (N=2)'s total KD weight: its lambda is
+``lambda_spkd-n2 * (1 + rho)``, computed, never set. The table prints each KD
+row's lambda (and the total ``lambda (1 + rho)`` of SP-KD rows).
+
+Columns: WER and CER (icefall's convention: characters of the words, spaces
+excluded) per test set, the substitution/deletion/insertion split on
+test-clean, relative WER reduction against the baseline, share of the
+teacher-student gap closed, training time; mean ± sample std over seeds.
+Below each table, a paired bootstrap over the ``--bootstrap-set`` utterances
+(default test-clean) gives the interval of the WER difference of every SP-KD
+row against each PKD row; seeds both rows have are paired and pooled by
+resampling utterances (``icefall_spkd/bootstrap.py``).
 """
 
 from __future__ import annotations
@@ -52,13 +75,19 @@ import torch
 
 from icefall_spkd.results_table import (
     KD_SETTINGS,
+    PKD_ROWS,
     TABLE_ROWS,
+    bootstrap_comparisons,
     load_results,
     parse_errs_file,
+    parse_row_scales,
     plot_chart,
+    render_bootstrap,
     render_markdown,
+    row_kd_settings,
     summarise,
 )
+from icefall_spkd.wer import read_recogs, utterance_errors
 
 RECIPE = Path(__file__).resolve().parent.parent
 TEST_SETS = ["dev", "test-clean", "test-other"]
@@ -74,7 +103,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--chart", type=Path, default=None, help="default: next to --results, .png")
     p.add_argument("--seeds", default="42", help="seeds for every row (the teacher uses the first)")
     p.add_argument("--extra-seeds", default="", help="more seeds, only for --extra-seed-rows")
-    p.add_argument("--extra-seed-rows", default="baseline,spkd-n2")
+    p.add_argument(
+        "--extra-seed-rows",
+        default="baseline,pkd,pkd-eq,spkd-n2",
+        help="rows that also get --extra-seeds",
+    )
     p.add_argument("--teacher-preset", default="small")
     p.add_argument("--student-preset", default="tiny")
     p.add_argument("--teacher-epochs", type=int, default=None, help="default: --num-epochs")
@@ -87,6 +120,22 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd-temperature", type=float, default=1.0)
     p.add_argument("--kd-prune-range", type=int, default=5)
     p.add_argument("--kd-sample-temperature", type=float, default=1.0)
+    p.add_argument(
+        "--row-kd-scale",
+        default="",
+        help="per-row lambda, ROW=VALUE,... (e.g. pkd=2.0,spkd-n2=1.0); other KD rows use "
+        "--kd-scale; pkd-eq always gets spkd-n2's lambda * (1 + rho)",
+    )
+    p.add_argument(
+        "--kd-scales-from",
+        type=Path,
+        default=None,
+        help="a lambdas.json of local/tune_kd.py --rows (per-row lambdas tuned on dev); "
+        "--row-kd-scale entries override it",
+    )
+    p.add_argument("--bootstrap-set", default="test-clean", help="test set of the paired bootstrap")
+    p.add_argument("--bootstrap-resamples", type=int, default=10000)
+    p.add_argument("--bootstrap-seed", type=int, default=0)
     p.add_argument(
         "--decoding-methods", default="modified_beam_search,greedy_search", help="comma-separated"
     )
@@ -173,15 +222,11 @@ def train(args, key: str, seed: int, exp_dir: Path, teacher_ckpt: Optional[Path]
         cmd += ["--start-epoch", str(done_epoch + 1)]
     if row.uses_teacher:
         assert teacher_ckpt is not None
-        cmd += [
-            "--teacher-checkpoint", str(teacher_ckpt),
-            "--kd-scale", str(args.kd_scale),
-            "--kd-sampling-scale", str(args.kd_sampling_scale),
-            "--kd-temperature", str(args.kd_temperature),
-            "--kd-prune-range", str(args.kd_prune_range),
-            "--kd-sample-temperature", str(args.kd_sample_temperature),
-            *row.train_flags,
-        ]  # fmt: skip
+        cmd += ["--teacher-checkpoint", str(teacher_ckpt)]
+        for k, v in row_kd_settings(key, vars(args), args.row_kd_scale).items():
+            if v is not None:
+                cmd += [f"--{k.replace('_', '-')}", str(v)]
+        cmd += list(row.train_flags)
     cmd += shlex.split(args.train_args)
     t0 = time.time()
     _run(cmd, args.dry_run, exp_dir / "driver-train.log")
@@ -203,14 +248,23 @@ def averaging(args, epochs: int) -> tuple[int, bool]:
     return (avg, True) if avg >= 1 else (1, False)
 
 
-def decode(args, key: str, exp_dir: Path, method: str, test_sets: List[str]) -> Dict[str, Any]:
-    """Decode one row with one method (skipped when its errs files exist); parse them."""
+def decode_suffix(args, key: str, method: str) -> str:
+    """The ``<suffix>`` of the ``errs-<set>-<suffix>.txt`` files decode() makes for ``key``."""
     row = TABLE_ROWS[key]
     epochs = (args.teacher_epochs or args.num_epochs) if row.is_teacher else args.num_epochs
     avg, use_avg = averaging(args, epochs)
     suffix = f"epoch-{epochs}-avg-{avg}" + ("-use-averaged-model" if use_avg else "")
     if method == "modified_beam_search":
         suffix += "-beam-size-4"
+    return suffix
+
+
+def decode(args, key: str, exp_dir: Path, method: str, test_sets: List[str]) -> Dict[str, Any]:
+    """Decode one row with one method (skipped when its errs files exist); parse them."""
+    row = TABLE_ROWS[key]
+    epochs = (args.teacher_epochs or args.num_epochs) if row.is_teacher else args.num_epochs
+    avg, use_avg = averaging(args, epochs)
+    suffix = decode_suffix(args, key, method)
     out = exp_dir / method
     wanted = {s: out / f"errs-{s}-{suffix}.txt" for s in test_sets}
     missing = [s for s, f in wanted.items() if not f.exists()]
@@ -305,9 +359,11 @@ def provenance() -> str:
 # when they are the same as when it was made.
 RESULT_SETTINGS = (
     "seeds", "teacher_preset", "student_preset", "teacher_epochs", "num_epochs", "avg",
-    "max_duration", "bpe_model", "kd_scale", "kd_sampling_scale", "kd_temperature",
-    "kd_prune_range", "kd_sample_temperature", "train_args",
+    "max_duration", "bpe_model", *KD_SETTINGS, "row_kd_scale", "train_args",
 )  # fmt: skip
+#: Settings that only set the KD rows' weights: a row compares the KD settings
+#: it gets from them (row_kd_settings), not their raw values.
+KD_WEIGHT_SETTINGS = (*KD_SETTINGS, "row_kd_scale")
 
 
 def row_settings(key: str) -> tuple:
@@ -320,10 +376,19 @@ def row_settings(key: str) -> tuple:
     row = TABLE_ROWS[key]
     skip = {"seeds"}
     if row.is_teacher:
-        skip |= {"student_preset", "num_epochs", *KD_SETTINGS}
+        skip |= {"student_preset", "num_epochs", *KD_WEIGHT_SETTINGS}
     elif not row.uses_teacher:
-        skip |= {"teacher_preset", "teacher_epochs", *KD_SETTINGS}
+        skip |= {"teacher_preset", "teacher_epochs", *KD_WEIGHT_SETTINGS}
     return tuple(k for k in RESULT_SETTINGS if k not in skip)
+
+
+def row_fingerprint(settings: Dict[str, Any], key: str) -> Dict[str, Any]:
+    """What a run of row ``key`` made with ``settings`` depends on: ``row_settings(key)``,
+    with the KD weight settings replaced by the KD settings the row actually trains with
+    (so a PKD run made with ``--kd-scale 2`` is the run ``--row-kd-scale pkd=2`` asks for)."""
+    fp = {k: settings.get(k) for k in row_settings(key) if k not in KD_WEIGHT_SETTINGS}
+    fp.update(row_kd_settings(key, settings, settings.get("row_kd_scale")))
+    return fp
 
 
 def link_reusable_runs(
@@ -336,7 +401,7 @@ def link_reusable_runs(
     ``<row>/seed-<seed>/result.json``. Runs already present in ``exp_root``
     are left alone.
     """
-    wanted = {k: getattr(args, k) for k in RESULT_SETTINGS}
+    wanted = {k: getattr(args, k, None) for k in RESULT_SETTINGS}
     for src in sources:
         src = (src if src.is_absolute() else RECIPE / src).resolve()
         settings_file = src / "settings.json"
@@ -352,7 +417,7 @@ def link_reusable_runs(
             there = src / key / f"seed-{seed}"
             if here.exists() or here.is_symlink() or not (there / "result.json").exists():
                 continue
-            if any(found[k] != wanted[k] for k in row_settings(key)):
+            if row_fingerprint(found, key) != row_fingerprint(wanted, key):
                 continue
             if not args.dry_run:
                 here.parent.mkdir(parents=True, exist_ok=True)
@@ -367,7 +432,7 @@ def check_settings(args: argparse.Namespace, exp_root: Path) -> None:
       SystemExit: the experiment root holds runs made with different settings
         (names each one); use another ``--exp-root`` or delete the old one.
     """
-    wanted = {k: getattr(args, k) for k in RESULT_SETTINGS}
+    wanted = {k: getattr(args, k, None) for k in RESULT_SETTINGS}
     path = exp_root / "settings.json"
     if path.exists():
         found = json.loads(path.read_text())
@@ -383,9 +448,78 @@ def check_settings(args: argparse.Namespace, exp_root: Path) -> None:
         path.write_text(json.dumps(wanted, indent=2))
 
 
+def resolve_row_scales(args: argparse.Namespace) -> Dict[str, float]:
+    """Per-row lambdas: ``--kd-scales-from``'s, then ``--row-kd-scale``'s on top (one dict)."""
+    scales: Dict[str, float] = {}
+    if args.kd_scales_from is not None:
+        f = args.kd_scales_from if args.kd_scales_from.is_absolute() else RECIPE / args.kd_scales_from
+        try:
+            data = json.loads(f.read_text())
+            scales.update(parse_row_scales(data.get("row_kd_scale", data)))
+        except (OSError, ValueError, AttributeError) as err:
+            raise SystemExit(
+                f"--kd-scales-from {f}: {err}; expected the lambdas.json of local/tune_kd.py --rows"
+            ) from err
+    try:
+        scales.update(parse_row_scales(args.row_kd_scale))
+    except ValueError as err:
+        raise SystemExit(f"--row-kd-scale: {err}") from err
+    return dict(sorted(scales.items()))
+
+
+def bootstrap_section(
+    args: argparse.Namespace,
+    exp_root: Path,
+    results: Dict[str, List[Dict[str, Any]]],
+    order: List[str],
+    method: str,
+) -> str:
+    """The paired-bootstrap table of SP-KD rows against PKD rows for one decoding method.
+
+    Per-utterance errors come from each run's ``recogs-<set>-<suffix>.txt``; a run
+    without that file (or a table without the set) is left out, with a note.
+    """
+    test_set = args.bootstrap_set
+    wanted = [
+        k for k in order if k in results and (k in PKD_ROWS or TABLE_ROWS[k].uses_sampler)
+    ]
+    if not any(TABLE_ROWS[k].uses_sampler for k in wanted) or not any(
+        k in PKD_ROWS for k in wanted
+    ):
+        return ""
+    utt: Dict[str, Dict[int, Dict[str, tuple]]] = {}
+    missing = []
+    for key in wanted:
+        for run in results[key]:
+            f = (
+                exp_root / key / f"seed-{run['seed']}" / method
+                / f"recogs-{test_set}-{decode_suffix(args, key, method)}.txt"
+            )  # fmt: skip
+            if not f.exists():
+                missing.append(str(f))
+                continue
+            try:
+                utt.setdefault(key, {})[run["seed"]] = utterance_errors(read_recogs(f))
+            except ValueError as err:
+                raise SystemExit(f"{f}: {err}") from err
+    comps = bootstrap_comparisons(
+        utt, order, args.bootstrap_resamples, 0.95, args.bootstrap_seed
+    )
+    text = (
+        f"Paired bootstrap over the {test_set} utterances ({args.bootstrap_resamples} "
+        f"resamples, seed {args.bootstrap_seed}; the seeds both rows have are paired and pooled "
+        "by resampling utterances, so the difference is that of the seed-averaged WERs):\n\n"
+    )
+    text += render_bootstrap(comps, test_set)
+    if missing:
+        text += "\nLeft out (no recogs file): " + ", ".join(missing) + "\n"
+    return text
+
+
 def main() -> None:
     args = get_parser().parse_args()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    args.row_kd_scale = resolve_row_scales(args)
     rows = [r for r in args.rows.split(",") if r]
     unknown = [r for r in rows if r not in TABLE_ROWS]
     if unknown:
@@ -429,6 +563,7 @@ def main() -> None:
         result = {
             "row": key,
             "seed": seed,
+            "kd": row_kd_settings(key, vars(args), args.row_kd_scale) or None,
             "params": count_params(exp_dir, epochs),
             "num_batches": num_batches(exp_dir, epochs),
             "train_seconds": json.loads((exp_dir / "train_time.json").read_text())["seconds"],
@@ -472,7 +607,10 @@ def main() -> None:
     parts = []
     for m in methods:
         summary = summarise(results, m, test_sets)
-        parts.append(f"### {m}\n\n" + render_markdown(summary, order, test_sets))
+        detail = "test-clean" if "test-clean" in test_sets else test_sets[0]
+        part = f"### {m}\n\n" + render_markdown(summary, order, test_sets, detail)
+        boot = bootstrap_section(args, exp_root, results, order, m)
+        parts.append(part + ("\n" + boot if boot else ""))
         if m == methods[0]:
             plot_chart(summary, order, test_sets, chart, f"{args.title}\n({m})")
     table = "\n".join(parts)
