@@ -1,10 +1,26 @@
-"""Transducer decoding: batched greedy search and modified beam search.
+"""Transducer decoding: greedy search, beam search and modified beam search.
 
-Both searches follow the decoding contract in ``docs/DESIGN.md``: they emit at
-most one non-blank symbol per encoder frame and only touch ``model.decoder``
-(stateless, ``need_pad=False`` on ``(N, context_size)`` contexts) and
-``model.joiner`` (``encoder_proj``/``decoder_proj`` are applied once, then the
-joiner is called with ``project_input=False``).
+The searches follow the decoding contract in ``docs/DESIGN.md``: they only
+touch ``model.decoder`` (stateless, ``need_pad=False`` on
+``(N, context_size)`` contexts) and ``model.joiner`` (``encoder_proj``/
+``decoder_proj`` are applied once, then the joiner is called with
+``project_input=False``).
+
+Symbols per frame
+-----------------
+In the RNN-T lattice a non-blank symbol keeps the encoder frame and blank
+moves to the next one. A search may cap the symbols emitted on one frame at
+``max_sym_per_frame = k`` (icefall's rule): after the k-th symbol the search
+moves to the next frame without taking a blank. With ``k = 1`` this is the
+"one symbol per frame" lattice that :func:`modified_beam_search` searches
+(a non-blank symbol also moves to the next frame).
+
+* :func:`greedy_search_batch`: arg-max at every step, at most
+  ``max_sym_per_frame`` symbols per frame (default 1).
+* :func:`beam_search`: icefall's standard beam search (Graves 2012,
+  Algorithm 1, without prefix merging across frames): several symbols per
+  frame, no cap unless ``max_sym_per_frame`` is given.
+* :func:`modified_beam_search`: one symbol per frame, batched.
 
 Length normalisation of the final pick in :func:`modified_beam_search`
 ---------------------------------------------------------------------
@@ -33,6 +49,7 @@ from torch import nn
 __all__ = [
     "Hypothesis",
     "HypothesisList",
+    "beam_search",
     "greedy_search_batch",
     "hypothesis_score",
     "modified_beam_search",
@@ -147,21 +164,29 @@ def _check_inputs(encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor) -> 
 
 @torch.no_grad()
 def greedy_search_batch(
-    model: nn.Module, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor
+    model: nn.Module,
+    encoder_out: torch.Tensor,
+    encoder_out_lens: torch.Tensor,
+    max_sym_per_frame: int = 1,
 ) -> list[list[int]]:
-    """Batched greedy search, at most one symbol per frame.
+    """Batched greedy search, at most ``max_sym_per_frame`` symbols per frame.
 
-    At every frame each still-active utterance takes the arg-max of the
-    joiner; the decoder is re-run only for utterances that emitted a
-    non-blank symbol.
+    On every frame each still-active utterance takes the arg-max of the
+    joiner: blank moves it to the next frame, a non-blank symbol is emitted
+    and the same frame is tried again, until it has emitted
+    ``max_sym_per_frame`` symbols there (then it moves on without a blank).
+    The decoder is re-run only for utterances that emitted a symbol.
 
     Args:
       model: a transducer following the model contract (uses ``decoder``/``joiner``).
       encoder_out: ``(N, T, C)`` encoder output.
       encoder_out_lens: ``(N,)`` valid frames per utterance; frames beyond are ignored.
+      max_sym_per_frame: symbols one frame may emit (>= 1).
     Returns:
       One list of token ids (no blanks) per utterance, in input order.
     """
+    if max_sym_per_frame < 1:
+        raise ValueError(f"max_sym_per_frame must be >= 1, got {max_sym_per_frame}")
     lens = _check_inputs(encoder_out, encoder_out_lens)
     n = len(lens)
     device = encoder_out.device
@@ -183,19 +208,125 @@ def greedy_search_batch(
     for t in range(sorted_lens[0]):
         while num_active > 0 and sorted_lens[num_active - 1] <= t:
             num_active -= 1
-        logits = model.joiner(enc[:num_active, t], dec[:num_active], project_input=False)
-        y = logits.argmax(dim=-1).tolist()  # one host sync per frame
-        emitted_l = [i for i, tok in enumerate(y) if tok != blank_id]
-        if not emitted_l:
-            continue
-        for i in emitted_l:
-            results[order[i]].append(y[i])
-        emitted = torch.tensor(emitted_l, dtype=torch.int64, device=device)
-        y_emit = torch.tensor([y[i] for i in emitted_l], dtype=torch.int64, device=device)
-        new_ctx = torch.cat([contexts[emitted, 1:], y_emit.unsqueeze(1)], dim=1)
-        contexts[emitted] = new_ctx
-        dec[emitted] = _run_decoder(model, new_ctx).to(dec.dtype)
+        rows = list(range(num_active))  # sorted positions still on frame t
+        for _ in range(max_sym_per_frame):
+            rows_t = torch.tensor(rows, dtype=torch.int64, device=device)
+            logits = model.joiner(enc[rows_t, t], dec[rows_t], project_input=False)
+            y = logits.argmax(dim=-1).tolist()  # one host sync per step
+            emitted_l = [(r, tok) for r, tok in zip(rows, y) if tok != blank_id]
+            if not emitted_l:
+                break
+            for r, tok in emitted_l:
+                results[order[r]].append(tok)
+            rows = [r for r, _ in emitted_l]
+            emitted = torch.tensor(rows, dtype=torch.int64, device=device)
+            y_emit = torch.tensor([tok for _, tok in emitted_l], dtype=torch.int64, device=device)
+            new_ctx = torch.cat([contexts[emitted, 1:], y_emit.unsqueeze(1)], dim=1)
+            contexts[emitted] = new_ctx
+            dec[emitted] = _run_decoder(model, new_ctx).to(dec.dtype)
     return results
+
+
+@torch.no_grad()
+def beam_search(
+    model: nn.Module,
+    encoder_out: torch.Tensor,
+    encoder_out_lens: torch.Tensor,
+    beam: int = 4,
+    max_sym_per_frame: Optional[int] = None,
+    return_nbest: bool = False,
+    length_norm: bool = True,
+) -> list[list[int]] | list[list[tuple[list[int], float]]]:
+    """icefall's standard transducer beam search (several symbols per frame), one utterance at a time.
+
+    On frame ``t``, ``A`` starts as the hypotheses kept after frame ``t-1``
+    and ``B`` empty. Repeatedly the most probable hypothesis ``y`` is taken out
+    of ``A``; ``y`` followed by blank goes to ``B`` (hypotheses with the same
+    tokens are merged by log-add), and ``y`` extended by each of its ``beam + 1``
+    most probable symbols (blank skipped) goes back into ``A`` (merged with an
+    equal entry of ``A``). The frame ends when ``B`` holds ``beam`` hypotheses
+    more probable than the best one left in ``A``; ``B``'s ``beam`` best are
+    kept. With ``max_sym_per_frame = k`` a hypothesis that has emitted ``k``
+    symbols on the frame goes to ``B`` as it is (no blank) and is not
+    extended (see the module docstring), and the frame also ends when ``A``
+    is empty; with a beam at least the number of reachable token sequences
+    the search is then exact: each final score is ``log P(y | x)`` summed
+    over every alignment with at most ``k`` symbols per frame.
+
+    Args:
+      model: a transducer following the model contract (uses ``decoder``/``joiner``).
+      encoder_out: ``(N, T, C)`` encoder output.
+      encoder_out_lens: ``(N,)`` valid frames per utterance; frames beyond are ignored.
+      beam: hypotheses kept per frame (>= 1).
+      max_sym_per_frame: cap on the symbols per frame (None: no cap, as icefall).
+      return_nbest: return all final hypotheses instead of the best one.
+      length_norm: rank final hypotheses by :func:`hypothesis_score`.
+    Returns:
+      As :func:`modified_beam_search`.
+    """
+    assert beam >= 1, beam
+    if max_sym_per_frame is not None and max_sym_per_frame < 1:
+        raise ValueError(f"max_sym_per_frame must be >= 1 or None, got {max_sym_per_frame}")
+    lens = _check_inputs(encoder_out, encoder_out_lens)
+    out = []
+    for b, n in enumerate(lens):
+        enc = model.joiner.encoder_proj(encoder_out[b, :n]) if n > 0 else None  # (T, J)
+        hyps = _beam_search_one(model, enc, n, beam, max_sym_per_frame)
+        if return_nbest:
+            out.append([(list(h.tokens), h.log_prob) for h in hyps.sorted(length_norm)])
+        else:
+            out.append(list(hyps.best(length_norm).tokens))
+    return out
+
+
+def _beam_search_one(
+    model: nn.Module,
+    enc: Optional[torch.Tensor],
+    num_frames: int,
+    beam: int,
+    max_sym_per_frame: Optional[int],
+) -> HypothesisList:
+    """:func:`beam_search` on one utterance; ``enc`` is its projected encoder output ``(T, J)``."""
+    blank_id = model.decoder.blank_id
+    context_size = model.decoder.context_size
+    device = next(model.joiner.parameters()).device
+    dec_cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def log_probs(t: int, tokens: tuple[int, ...]) -> torch.Tensor:
+        ctx = tuple(Hypothesis(tokens, 0.0).context(context_size, blank_id))
+        if ctx not in dec_cache:
+            ctx_t = torch.tensor([ctx], dtype=torch.int64, device=device).reshape(1, context_size)
+            dec_cache[ctx] = _run_decoder(model, ctx_t)  # (1, J)
+        logits = model.joiner(enc[t : t + 1], dec_cache[ctx], project_input=False)  # (1, V)
+        return logits[0].float().log_softmax(dim=-1)
+
+    kept = HypothesisList([Hypothesis((), 0.0)])
+    for t in range(num_frames):
+        # A: (tokens, symbols emitted on this frame) -> log-prob.
+        frontier: dict[tuple[tuple[int, ...], int], float] = {(h.tokens, 0): h.log_prob for h in kept}
+        done = HypothesisList()
+        while frontier:
+            key = max(frontier, key=frontier.__getitem__)
+            tokens, n_sym = key
+            lp = frontier.pop(key)
+            if max_sym_per_frame is not None and n_sym >= max_sym_per_frame:
+                done.add(Hypothesis(tokens, lp))
+            else:
+                scores = log_probs(t, tokens)
+                done.add(Hypothesis(tokens, lp + float(scores[blank_id])))
+                k = min(beam + 1, scores.numel())
+                top_vals, top_idx = scores.topk(k)
+                for v, sym in zip(top_vals.tolist(), top_idx.tolist()):
+                    if sym == blank_id:
+                        continue
+                    nxt = (tokens + (sym,), n_sym + 1)
+                    frontier[nxt] = _log_add(frontier.get(nxt, -math.inf), lp + v)
+            if frontier:
+                best_left = max(frontier.values())
+                if sum(1 for h in done if h.log_prob > best_left) >= beam:
+                    break
+        kept = HypothesisList(done.sorted(length_norm=False)[:beam])
+    return kept
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
@@ -153,12 +153,21 @@ def _data_args() -> List[str]:
     return out
 
 
-def _run(script: str, args: List[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+def _run(
+    script: str,
+    args: List[str],
+    cwd: Path,
+    timeout: int = 240,
+    launcher: Optional[List[str]] = None,
+) -> subprocess.CompletedProcess:
+    """Run a recipe script (with ``launcher``, e.g. torchrun, instead of the interpreter)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        env.pop(k, None)
     proc = subprocess.run(
-        [sys.executable, str(RECIPE / script), *args],
+        [*(launcher or [sys.executable]), str(RECIPE / script), *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -248,19 +257,64 @@ def test_resume_from_epoch_reproduces_losses(corpus: Path, trained: Path, tmp_pa
     assert lr and {b: lf[b] for b in lr} == lr
 
 
+def _ddp_logs(exp: Path) -> Dict[int, str]:
+    """rank -> text of its log file (``log-train-<date>-<rank>``, as icefall names them)."""
+    out = {}
+    for f in (exp / "log").glob("log-train-*"):
+        out[int(f.name.rsplit("-", 1)[1])] = f.read_text()
+    return out
+
+
 @pytest.mark.slow
-def test_ddp_two_processes(corpus: Path, tmp_path: Path) -> None:
-    exp = tmp_path / "ddp"
-    args = _train_args(corpus, exp)
-    args[args.index("--world-size") + 1] = "2"
+def test_torchrun_matches_world_size_2(corpus: Path, tmp_path: Path) -> None:
+    """torchrun --standalone --nproc-per-node 2 (gloo on CPU) == train.py --world-size 2."""
+    spawned, launched = tmp_path / "spawn", tmp_path / "torchrun"
+    args = _train_args(corpus, spawned)
     args[args.index("--num-epochs") + 1] = "1"
-    args += ["--master-port", str(29500 + os.getpid() % 1000)]
-    _run("train.py", args, cwd=corpus)
-    assert (exp / "epoch-1.pt").is_file()
-    ck = torch.load(exp / "epoch-1.pt", weights_only=False)
-    assert ck["batch_idx_train"] >= 1
-    assert ck["model_avg"] is not None
-    assert list((exp / "log").glob("log-train*"))
+    args[args.index("--world-size") + 1] = "2"
+    _run("train.py", [*args, "--master-port", str(29500 + os.getpid() % 1000)], cwd=corpus)
+
+    targs = _train_args(corpus, launched)
+    targs[targs.index("--num-epochs") + 1] = "1"
+    i = targs.index("--world-size")
+    del targs[i : i + 2]  # torchrun says how many processes there are
+    _run(
+        "train.py", targs, cwd=corpus,
+        launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+    )  # fmt: skip
+
+    a = torch.load(spawned / "epoch-1.pt", weights_only=False)
+    b = torch.load(launched / "epoch-1.pt", weights_only=False)
+    assert a["batch_idx_train"] == b["batch_idx_train"] >= 2
+    assert a["model_avg"] is not None and b["model_avg"] is not None
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for k, v in a["model_avg"].items():
+        assert torch.equal(v, b["model_avg"][k]), k
+
+    for exp, launcher in ((spawned, "spawn"), (launched, "torchrun")):
+        logs = _ddp_logs(exp)
+        assert sorted(logs) == [0, 1], sorted((exp / "log").iterdir())
+        for rank, text in logs.items():
+            assert f"launcher='{launcher}'" in text
+            # The lhotse sampler of each process draws its own shard.
+            assert f"Training sampler shard: rank {rank} of 2" in text
+        assert _batch_losses(exp)  # rank 0 logs its losses
+
+
+def test_torchrun_environment() -> None:
+    from icefall_spkd.distributed import launch_from_environ
+
+    assert launch_from_environ({}) is None
+    env = launch_from_environ(
+        {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}
+    )
+    assert (env.rank, env.local_rank, env.world_size, env.local_world_size) == (5, 1, 8, 4)
+    assert env.launcher == "torchrun"
+    with pytest.raises(ValueError, match="not LOCAL_RANK, WORLD_SIZE"):
+        launch_from_environ({"RANK": "0"})
+    with pytest.raises(ValueError, match="RANK=3"):
+        launch_from_environ({"RANK": "3", "LOCAL_RANK": "0", "WORLD_SIZE": "2"})
 
 
 @pytest.mark.slow
