@@ -82,3 +82,91 @@ def test_coordinate_search_moves_along_the_stages(tune_kd, monkeypatch, tmp_path
     commands.clear()
     tune_kd.main()
     assert commands == []
+
+
+def test_widen_and_best(tune_kd):
+    assert tune_kd.widen([0.5, 1, 2], 2, 2.0) == 4.0
+    assert tune_kd.widen([0.5, 1, 2], 0.5, 2.0) == 0.25
+    assert tune_kd.widen([0.5, 1, 2], 1, 2.0) is None
+    assert tune_kd.best_lambda({0.5: 70.0, 1.0: 69.0, 2.0: 69.0}) == 1.0  # tie: the smaller
+    assert tune_kd.parse_grid("2,0.5,1,1") == [0.5, 1.0, 2.0]
+    with pytest.raises(SystemExit, match="two positive"):
+        tune_kd.parse_grid("1")
+    with pytest.raises(SystemExit, match="spkd-n2's lambda"):
+        tune_kd.tunable_rows("pkd,pkd-eq")
+    with pytest.raises(SystemExit, match="not a KD row"):
+        tune_kd.tunable_rows("baseline")
+
+
+def test_lambda_per_method_widens_at_the_edges(tune_kd, monkeypatch, tmp_path):
+    """Fake dev WERs with known minima: PKD's lies past the grid's top (found by widening),
+    SP-KD's inside it, full-lattice KD's below anything the widening may reach."""
+    import math
+
+    base = tmp_path / "table"
+    base.mkdir()
+    settings = {"seeds": "42", "num_epochs": 6, "teacher_epochs": None, "train_args": "",
+                "kd_scale": 0.5, "kd_sampling_scale": 0.5, "kd_temperature": 1.0,
+                "kd_prune_range": 5, "kd_sample_temperature": 1.0,
+                "row_kd_scale": {"pkd": 3.0}}  # fmt: skip
+    (base / "settings.json").write_text(json.dumps(settings))
+    optimum = {"pkd": 8.0, "spkd-n2": 1.0, "full-kd": 0.001}
+
+    def fake_wer(row, lam):  # a parabola in log2(lambda) around the row's optimum
+        return 60.0 + (math.log2(lam) - math.log2(optimum[row])) ** 2
+
+    commands = []
+
+    def fake_run(cmd, cwd, env, stdout, stderr):
+        commands.append(cmd)
+        flag = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--")}
+        assert "--row-kd-scale" not in flag  # a point sets the lambda with --kd-scale
+        assert flag["--test-sets"] == "dev" and flag["--kd-sampling-scale"] == "0.5"
+        row = flag["--rows"]
+        run = Path(flag["--exp-root"]) / row / "seed-42"
+        run.mkdir(parents=True)
+        dev = {"wer": fake_wer(row, float(flag["--kd-scale"])), "ins": 1, "del": 2, "sub": 3,
+               "ref_words": 100}  # fmt: skip
+        (run / "result.json").write_text(
+            json.dumps({"wer": {"modified_beam_search": {"dev": dev}}})
+        )
+
+        class Done:
+            returncode = 0
+
+        return Done()
+
+    monkeypatch.setattr(tune_kd.subprocess, "run", fake_run)
+    tune_root = tmp_path / "tune"
+    argv = ["tune_kd.py", "--base-root", str(base), "--tune-root", str(tune_root),
+            "--rows", "pkd,spkd-n2,full-kd", "--lambda-grid", "0.25,0.5,1,2,4",
+            "--max-widen", "2", "--jobs", "2"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    tune_kd.main()
+    tried = sorted((c[c.index("--rows") + 1], float(c[c.index("--kd-scale") + 1])) for c in commands)
+    grid = [0.25, 0.5, 1.0, 2.0, 4.0]
+    assert tried == sorted(
+        [("pkd", v) for v in grid + [8.0, 16.0]]  # 4 at the edge -> 8 -> 16 is worse: stop
+        + [("spkd-n2", v) for v in grid]  # inside: no widening
+        + [("full-kd", v) for v in grid + [0.125, 0.0625]]  # max-widen 2, still at the edge
+    )
+    record = json.loads((tune_root / "lambdas.json").read_text())
+    assert record["row_kd_scale"] == {"pkd": 8.0, "spkd-n2": 1.0, "full-kd": 0.0625}
+    assert record["at_grid_edge"] == ["full-kd"]
+    assert record["kd_settings"]["kd_sampling_scale"] == 0.5
+    text = (tune_root / "TUNING.md").read_text()
+    assert "| 0.0625 (grid edge) |" in text and "= 1.5." in text  # pkd-eq: 1 x (1 + 0.5)
+    # resumable: a second run trains nothing
+    commands.clear()
+    tune_kd.main()
+    assert commands == []
+    # the table driver takes the lambdas
+    run_table = load_recipe_script("local/run_table.py")
+    args = run_table.get_parser().parse_args(
+        ["--kd-sampling-scale", "0.5", "--kd-scales-from", str(tune_root / "lambdas.json")]
+    )
+    assert run_table.resolve_row_scales(args) == {"full-kd": 0.0625, "pkd": 8.0, "spkd-n2": 1.0}
+    # ... but not with another rho than they were tuned with
+    args.kd_sampling_scale = 1.0
+    with pytest.raises(SystemExit, match="kd_sampling_scale"):
+        run_table.resolve_row_scales(args)

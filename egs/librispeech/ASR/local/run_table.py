@@ -115,11 +115,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--avg", type=int, default=2, help="decode: average the last N epochs")
     p.add_argument("--max-duration", type=float, default=200.0)
     p.add_argument("--bpe-model", default="data/lang_bpe_500/bpe.model")
-    p.add_argument("--kd-scale", type=float, default=0.5, help="lambda")
-    p.add_argument("--kd-sampling-scale", type=float, default=1.0, help="rho")
-    p.add_argument("--kd-temperature", type=float, default=1.0)
-    p.add_argument("--kd-prune-range", type=int, default=5)
-    p.add_argument("--kd-sample-temperature", type=float, default=1.0)
+    # defaults: train.py's (icefall_spkd/kd_options.py, through KD_SETTINGS)
+    p.add_argument("--kd-scale", type=float, default=KD_SETTINGS["kd_scale"], help="lambda")
+    p.add_argument("--kd-sampling-scale", type=float, default=KD_SETTINGS["kd_sampling_scale"], help="rho")
+    p.add_argument("--kd-temperature", type=float, default=KD_SETTINGS["kd_temperature"])
+    p.add_argument("--kd-prune-range", type=int, default=KD_SETTINGS["kd_prune_range"])
+    p.add_argument("--kd-sample-temperature", type=float, default=KD_SETTINGS["kd_sample_temperature"])
     p.add_argument(
         "--row-kd-scale",
         default="",
@@ -460,6 +461,16 @@ def resolve_row_scales(args: argparse.Namespace) -> Dict[str, float]:
             raise SystemExit(
                 f"--kd-scales-from {f}: {err}; expected the lambdas.json of local/tune_kd.py --rows"
             ) from err
+        # lambdas tuned with other KD settings (rho, tau, ...) mean something else here
+        tuned_with = data.get("kd_settings", {}) if isinstance(data, dict) else {}
+        diff = [k for k, v in tuned_with.items() if hasattr(args, k) and getattr(args, k) != v]
+        if diff:
+            raise SystemExit(
+                f"--kd-scales-from {f}: tuned with "
+                + ", ".join(f"{k} {tuned_with[k]}" for k in diff)
+                + ", not " + ", ".join(f"{k} {getattr(args, k)}" for k in diff)
+                + "; pass those settings or tune again"
+            )
     try:
         scales.update(parse_row_scales(args.row_kd_scale))
     except ValueError as err:
