@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from torch import Tensor
+
 INSTALL_HINT = (
     "Neither k2 nor fast_rnnt could be imported; one of them is needed for the "
     "pruned RNN-T loss.\n"
@@ -65,8 +67,26 @@ rnnt_loss_pruned = _backend.rnnt_loss_pruned
 rnnt_loss = _backend.rnnt_loss
 mutual_information_recursion = _backend.mutual_information_recursion
 
+
+
+def backend_boundary(boundary: Tensor) -> Tensor:
+    """``boundary`` with ``S_b`` raised to at least 1, for the backends' ``S_b >= 1`` checks.
+
+    k2 and fast_rnnt assert ``S_b >= 1`` in ``get_rnnt_prune_ranges``,
+    ``get_rnnt_logprobs_pruned`` and ``get_rnnt_logprobs_smoothed``, although
+    they use ``S_b`` for nothing else that matters here (the ``-inf`` they
+    write depends on ``T_b`` only). Callers keep the true boundary for
+    ``mutual_information_recursion`` and for masking, so an empty sequence is
+    the single lattice row ``u = 0``.
+    """
+    b = boundary.clone()
+    b[:, 2] = b[:, 2].clamp(min=1)
+    return b
+
+
 __all__ = [
     "BACKEND_NAME",
+    "backend_boundary",
     "INSTALL_HINT",
     "get_rnnt_logprobs",
     "get_rnnt_logprobs_smoothed",

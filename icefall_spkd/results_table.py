@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from icefall_spkd.kd_options import DEFAULTS as KD_DEFAULTS
+
 
 @dataclass(frozen=True)
 class TableRow:
@@ -66,15 +68,15 @@ def _kd(*flags: str) -> tuple:
     return tuple(flags)
 
 
-#: The driver's KD settings (``run_table.py`` option dests): the KD rows depend
-#: on them, the teacher and the baseline do not; ``tune_kd.py`` tunes them.
-KD_SETTINGS = (
-    "kd_scale",
-    "kd_sampling_scale",
-    "kd_temperature",
-    "kd_prune_range",
-    "kd_sample_temperature",
-)
+#: The driver's KD settings (``run_table.py`` option dests) and their defaults,
+#: which are train.py's (:class:`icefall_spkd.kd_options.KDOptions`, where the
+#: tuned values are documented): the KD rows depend on them, the teacher and
+#: the baseline do not; ``tune_kd.py`` tunes them.
+KD_SETTINGS: Dict[str, Any] = {
+    k: getattr(KD_DEFAULTS, k)
+    for k in ("kd_scale", "kd_sampling_scale", "kd_temperature", "kd_prune_range",
+              "kd_sample_temperature")
+}  # fmt: skip
 
 TABLE_ROWS: Dict[str, TableRow] = {
     r.key: r

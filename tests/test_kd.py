@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
+from test_sampling import brute_force
 
 from icefall_spkd import pruned_rnnt
-from icefall_spkd.kd import (
-    _lattice_kd,
+from icefall_spkd.kd import SequenceRows, compute_kd_losses, sequence_kd
+from icefall_spkd.kd_losses import (
     collapsed_kd_loss,
-    compute_kd_losses,
     full_lattice_kd_loss,
     node_weights_from_lattice,
     pruned_kd_loss,
     pruned_lattice_logprobs,
 )
-from icefall_spkd.sampling import node_occupancy, viterbi_alignment
+from icefall_spkd.sampling import node_occupancy
 
 # ---------------------------------------------------------------------------
 # references
@@ -206,7 +207,8 @@ def test_node_weights_kinds():
     t = torch.arange(T).view(1, T, 1)
     mask = (t < boundary[:, 3].view(-1, 1, 1)) & (ranges <= boundary[:, 2].view(-1, 1, 1))
 
-    occ = node_occupancy(px, py, boundary)  # (B, U+1, T)
+    # independent references: enumeration of every alignment of the pruned lattice
+    occ, vit = (r.float() for r in brute_force(px.double(), py.double(), boundary))
     # the pruned lattice keeps all of its mass inside the window
     in_window = torch.zeros(B)
     for b in range(B):
@@ -233,7 +235,7 @@ def test_node_weights_kinds():
             expected = mask.float() * (T_b / mask.sum(dim=(1, 2))).view(B, 1, 1)
             torch.testing.assert_close(w, expected)
         elif kind in ("posterior", "viterbi"):
-            g = occ if kind == "posterior" else viterbi_alignment(px, py, boundary)
+            g = occ if kind == "posterior" else vit
             expected = torch.zeros(B, T, R)
             for b in range(B):
                 for tt in range(T):
@@ -346,6 +348,12 @@ def _params(**kw):
     return p
 
 
+def _seq_kd(teacher, student, enc_t, enc_s, lens, y, y_lens, params, generator=None):
+    """The KD term of one label sequence per row (as for sampled sequences)."""
+    rows = SequenceRows.decode(teacher, student, enc_t, enc_s, lens, y, y_lens)
+    return sequence_kd(teacher, student, rows, params, generator)
+
+
 def _outputs(teacher, student, enc_t, enc_s, lens, y_padded, y_lens, R=3):
     with torch.no_grad():
         t_out = teacher.transducer_outputs(enc_t, lens, y_padded, y_lens, prune_range=R)
@@ -438,7 +446,7 @@ def test_empty_sampled_sequences():
     y_lens = torch.tensor([0, 2, 0])
     for kind in ("uniform", "posterior", "viterbi", "sampled"):
         params = _params(kd_prune_range=5, kd_node_weights=kind)
-        got = _lattice_kd(
+        got = _seq_kd(
             teacher, student, enc, enc, lens, y, y_lens, params, torch.Generator().manual_seed(0)
         )
         # reference: utterances 0 and 2 alone (row u = 0), plus utterance 1 alone
@@ -451,7 +459,7 @@ def test_empty_sampled_sequences():
             zs = student.joiner_on_ranges(enc[b : b + 1], dec_s, r0)
             bnd = torch.tensor([[0, 0, 0, int(lens[b])]])
             expected += pruned_kd_loss(zt, zs, r0, bnd).item()
-        one = _lattice_kd(
+        one = _seq_kd(
             teacher,
             student,
             enc[1:2],
@@ -467,7 +475,7 @@ def test_empty_sampled_sequences():
 
     # all sequences empty (U_max = 0)
     params = _params(kd_prune_range=5)
-    got = _lattice_kd(
+    got = _seq_kd(
         teacher,
         student,
         enc[:1],
@@ -574,7 +582,7 @@ def test_duplicate_samples_run_once_with_same_loss_and_gradient(monkeypatch, kin
         for b, s in enumerate(seqs):
             y[b, : len(s)] = torch.tensor(s, dtype=torch.int64)
         yl = torch.tensor([len(s) for s in seqs])
-        ref = ref + kd_mod._lattice_kd(teacher, student, enc, enc_r, lens, y, yl, params, None)
+        ref = ref + _seq_kd(teacher, student, enc, enc_r, lens, y, yl, params)
     ref = ref / len(samples)
     (g_ref,) = torch.autograd.grad(ref, enc_r)
     assert out["kd_samp"].item() == pytest.approx(ref.item(), rel=1e-5)
@@ -633,14 +641,14 @@ def test_shared_nodes_are_keyed_by_utterance_frame_and_context():
     # row 2: the other utterance with the same tokens -> nothing shared with them.
     t_enc = torch.stack([enc[0], enc[0], enc[1]])
     y = torch.tensor([[3, 5], [3, 5], [3, 5]])
-    dec = kd_mod._decoder_out(teacher, y, 0)
-    s_dec = kd_mod._decoder_out(student, y, 0)
+    dec = teacher.run_decoder(y)
+    s_dec = student.run_decoder(y)
     ranges = torch.tensor([[0, 1], [0, 1], [1, 2], [1, 2]]).expand(3, T, 2).contiguous()
     weights = torch.ones(3, T, 2)
+    rows = SequenceRows(t_enc, t_enc, torch.full((3,), T), y, torch.full((3,), 2), dec, s_dec)
     loss, distinct, nodes = kd_mod._shared_node_kd(
-        teacher, student, t_enc, t_enc, dec, s_dec, y, ranges, weights,
-        torch.tensor([0, 0, 1]), 2, 0, V, 1.0,
-    )  # fmt: skip
+        teacher, student, rows, ranges, weights, torch.tensor([0, 0, 1]), 1.0
+    )
     assert nodes == 3 * T * 2 and distinct == 2 * T * 2
     # the same as the plain pruned loss over the three rows
     zt = teacher.joiner_on_ranges(t_enc, dec, ranges)
@@ -649,3 +657,135 @@ def test_shared_nodes_are_keyed_by_utterance_frame_and_context():
     assert loss.item() == pytest.approx(
         kd_mod.pruned_kd_loss(zt, zs, ranges, boundary).item(), rel=1e-5
     )
+
+
+# ---------------------------------------------------------------------------
+# the same nodes, the teacher's ranges: a brute-force reference
+# ---------------------------------------------------------------------------
+
+
+def _full_logits(model, enc, dec):
+    """Joiner logits at EVERY lattice node, ``(B, T, U+1, V)``, computed directly."""
+    return model.joiner(enc.unsqueeze(2), dec.unsqueeze(1)).detach()
+
+
+def _teacher_window_kd_by_hand(teacher, student, enc_t, enc_s, lens, y_padded, y_lens, R):
+    """sum_b sum_{t < T_b} sum_{u in the teacher's window, u <= U_b} T_b / n_b * KL, by loops.
+
+    The window is the teacher's own prune ranges from its transducer loss
+    (``transducer_outputs``, a different code path from the KD code's). Both
+    models' logits are read off their full joiner outputs, so a node is the
+    same (t, u) for both by construction; ``n_b`` counts utterance b's nodes.
+    """
+    with torch.no_grad():
+        t_out = teacher.transducer_outputs(enc_t, lens, y_padded, y_lens, prune_range=R)
+        zt = _full_logits(teacher, enc_t, t_out.decoder_out)
+        zs = _full_logits(student, enc_s, student.run_decoder(y_padded))
+    total = 0.0
+    for b in range(enc_t.shape[0]):
+        T_b, U_b = int(lens[b]), int(y_lens[b])
+        nodes = [
+            (t, int(u)) for t in range(T_b) for u in t_out.ranges[b, t].tolist() if u <= U_b
+        ]
+        for t, u in nodes:
+            total += T_b / len(nodes) * kl_ref(zt[b, t, u], zs[b, t, u], 1.0)
+    return total, t_out.ranges
+
+
+def test_kd_uses_the_teacher_window_for_both_models(monkeypatch):
+    """Different teacher and student, a window (R_kd = 2) narrower than the lattice.
+
+    The reference term and the sampled term must both equal the brute-force
+    value on the teacher's window. Using the student's window, or the
+    student's logits from its own transducer loss, gives another value
+    (checked: each of those mutations of kd.py makes this test fail).
+    """
+    import icefall_spkd.kd as kd_mod
+
+    teacher, student = _model(0), _model(1)
+    enc, lens, y_padded, y_lens = _batch()
+    enc_s = torch.randn(enc.shape, generator=torch.Generator().manual_seed(9))
+    R = 2
+    t_out, s_out = _outputs(teacher, student, enc, enc_s, lens, y_padded, y_lens, R=R)
+    params = _params(kd_prune_range=R, kd_sampler="none")
+    expected, t_ranges = _teacher_window_kd_by_hand(
+        teacher, student, enc, enc_s, lens, y_padded, y_lens, R
+    )
+    assert not torch.equal(t_ranges, s_out.ranges)  # the windows differ: the test can tell
+    got = compute_kd_losses(teacher, student, t_out, s_out, y_padded, y_lens, params)
+    assert got["kd"].item() == pytest.approx(expected, rel=1e-5)
+
+    # the sampled sequences: windows recomputed per sequence, again the teacher's
+    samples = [[[5, 1, 2], [6], [4, 6, 2, 7]], [[2], [1, 1], [7, 7, 3]]]
+    monkeypatch.setattr(kd_mod, "_sampled_sequences", lambda *a, **k: samples)
+    for share in (True, False):
+        params = _params(kd_prune_range=R, kd_sampler="teacher", kd_num_samples=2,
+                         kd_share_nodes=share)  # fmt: skip
+        got = compute_kd_losses(teacher, student, t_out, s_out, y_padded, y_lens, params)
+        expected = 0.0
+        for seqs in samples:
+            y = torch.zeros(3, max(map(len, seqs)), dtype=torch.int64)
+            for b, seq in enumerate(seqs):
+                y[b, : len(seq)] = torch.tensor(seq)
+            y_l = torch.tensor([len(seq) for seq in seqs])
+            expected += _teacher_window_kd_by_hand(teacher, student, enc, enc_s, lens, y, y_l, R)[0]
+        assert got["kd_samp"].item() == pytest.approx(expected / len(samples), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# one unit of KD weight per frame per label sequence, for every method
+# ---------------------------------------------------------------------------
+
+#: KL([1/2, 1/2] || [1/4, 3/4]) = 1/2 ln 2 + 1/2 ln(2/3) = 1/2 ln(4/3), by hand.
+_UNIFORM_KL = 0.5 * math.log(4.0 / 3.0)
+
+
+def _constant_model(seed: int, bias: list):
+    """A two-token transducer whose joiner outputs ``bias`` at every node."""
+    presets = pytest.importorskip("icefall_spkd.models.presets")
+    torch.manual_seed(seed)
+    m = presets.build_model(
+        dict(encoder_dim=16, num_encoder_layers=1, num_heads=2, feedforward_dim=32,
+             cnn_module_kernel=3, decoder_dim=16, joiner_dim=16, vocab_size=2,
+             feature_dim=8, dropout=0.0)
+    )  # fmt: skip
+    with torch.no_grad():
+        m.joiner.output_linear.weight.zero_()
+        m.joiner.output_linear.bias.copy_(torch.tensor(bias))
+    return m.eval()
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(kd_loss="full"),
+        dict(kd_loss="collapsed"),
+        dict(kd_node_weights="viterbi"),
+        dict(kd_node_weights="uniform"),
+        dict(kd_node_weights="posterior"),
+        dict(kd_node_weights="sampled"),
+        dict(kd_node_weights="uniform", kd_share_nodes=False),
+    ],
+)
+@pytest.mark.parametrize("sampler", ["teacher", "batch", "nbest"])
+def test_every_kd_term_weighs_one_unit_per_frame(kw, sampler):
+    """Where the KL is the same at every node, each term is KL * T_b per sequence.
+
+    The teacher's joiner gives p = [1/2, 1/2] everywhere, the student's
+    q = [1/4, 3/4] (blank first). With two tokens the collapsed classes
+    {y_(u+1), blank, rest} are {token, blank, nothing} before the last row
+    and {blank, token} on it, so the collapsed KL is the full one too.
+    """
+    teacher = _constant_model(0, [0.0, 0.0])
+    student = _constant_model(1, [0.0, math.log(3.0)])
+    g = torch.Generator().manual_seed(0)
+    enc = torch.randn(3, 7, 16, generator=g)
+    lens = torch.tensor([7, 5, 4])
+    y_padded = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    y_lens = torch.tensor([3, 1, 0])
+    params = _params(kd_sampler=sampler, kd_num_samples=3, kd_prune_range=2, kd_nbest_beam=4, **kw)
+    t_out, s_out = _outputs(teacher, student, enc, enc, lens, y_padded, y_lens, R=2)
+    out = compute_kd_losses(teacher, student, t_out, s_out, y_padded, y_lens, params, g)
+    frames = float(lens.sum())
+    assert out["kd"].item() == pytest.approx(_UNIFORM_KL * frames, rel=1e-5)
+    assert out["kd_samp"].item() == pytest.approx(_UNIFORM_KL * frames, rel=1e-5)

@@ -43,7 +43,7 @@ transcripts; run from egs/librispeech/ASR so that feature paths resolve);
 Breakdown: after the timed rounds, ``--profile-steps`` extra steps of each SP-KD
 method run with section timers (``time.perf_counter`` around each part,
 ``torch.cuda.synchronize`` at both ends of each section on CUDA) installed
-through :func:`icefall_spkd.kd.set_profiler`; medians per section are shown
+through :func:`icefall_spkd.kd.profiling`; medians per section are shown
 with their share of the step. ``other`` is the step total minus the sections.
 
 Usage (from egs/librispeech/ASR)::
@@ -81,6 +81,7 @@ from icefall_spkd.benchmarking import (
     synchronize,
 )
 from icefall_spkd.kd import compute_kd_losses
+from icefall_spkd.kd_options import DEFAULTS as KD_DEFAULTS
 from icefall_spkd.models.presets import PRESETS, build_model, num_parameters
 from icefall_spkd.optim import build_optimizer
 
@@ -173,7 +174,6 @@ class KDStep:
             kd_prune_range=args.kd_prune_range,
             kd_ranges="teacher",
             kd_node_weights=args.kd_node_weights,
-            prune_range=args.prune_range,
             am_scale=0.0,
             lm_scale=0.25,
         )
@@ -198,68 +198,70 @@ class KDStep:
         self.last_loss = float("nan")
 
     def __call__(self) -> None:
+        timer = self.timer
+        if timer is None:
+            self._step()
+            return
+        synchronize(self.device)
+        t_start = time.perf_counter()
+        with kd_module.profiling(timer):
+            self._step()
+        synchronize(self.device)
+        prof = timer.take()
+        prof["total"] = time.perf_counter() - t_start
+        self.profiles.append(prof)
+
+    def _step(self) -> None:
         b, args, timer = self.batch, self.args, self.timer
         need_teacher = self.method != "none"
-        if timer is not None:
-            kd_module.set_profiler(timer)
-            synchronize(self.device)
-            t_start = time.perf_counter()
-        try:
-            t_out = None
-            if need_teacher:
-                with torch.no_grad(), _maybe(timer, "teacher_ref"):
-                    t_enc, t_lens = self.teacher.forward_encoder(b["x"], b["x_lens"])
-                    t_out = self.teacher.transducer_outputs(
-                        t_enc,
-                        t_lens,
-                        b["y_padded"],
-                        b["y_lens"],
-                        prune_range=args.prune_range,
-                        am_scale=0.0,
-                        lm_scale=0.25,
-                    )
-            with _maybe(timer, "student_ref"):
-                s_enc, s_lens = self.student.forward_encoder(b["x"], b["x_lens"])
-                s_out = self.student.transducer_outputs(
-                    s_enc,
-                    s_lens,
+        t_out = None
+        if need_teacher:
+            with torch.no_grad(), _maybe(timer, "teacher_ref"):
+                t_enc, t_lens = self.teacher.forward_encoder(b["x"], b["x_lens"])
+                t_out = self.teacher.transducer_outputs(
+                    t_enc,
+                    t_lens,
                     b["y_padded"],
                     b["y_lens"],
                     prune_range=args.prune_range,
                     am_scale=0.0,
                     lm_scale=0.25,
                 )
-            loss = args.simple_loss_scale * s_out.simple_loss + s_out.pruned_loss
-            if self.kd_params["kd_loss"] != "none":
-                kd = compute_kd_losses(
-                    self.teacher,
-                    self.student,
-                    t_out,
-                    s_out,
-                    b["y_padded"],
-                    b["y_lens"],
-                    self.kd_params,
-                    generator=self.generator,
-                )
-                loss = loss + args.kd_scale * kd["kd"]
-                loss = loss + args.kd_scale * args.kd_sampling_scale * kd["kd_samp"]
-                if "kd_samp_tokens" in kd:
-                    self.samp_tokens.append(float(kd["kd_samp_tokens"]))
-                if "kd_samp_node_share" in kd:
-                    self.node_share.append(float(kd["kd_samp_node_share"]))
-            with _maybe(timer, "backward"):
-                loss.backward()
-            with _maybe(timer, "optimizer"):
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            self.last_loss = float(loss.detach())
-        finally:
-            if timer is not None:
-                kd_module.set_profiler(None)
-                synchronize(self.device)
-                prof = timer.take()
-                prof["total"] = time.perf_counter() - t_start
-                self.profiles.append(prof)
+        with _maybe(timer, "student_ref"):
+            s_enc, s_lens = self.student.forward_encoder(b["x"], b["x_lens"])
+            s_out = self.student.transducer_outputs(
+                s_enc,
+                s_lens,
+                b["y_padded"],
+                b["y_lens"],
+                prune_range=args.prune_range,
+                am_scale=0.0,
+                lm_scale=0.25,
+            )
+        loss = args.simple_loss_scale * s_out.simple_loss + s_out.pruned_loss
+        if self.kd_params["kd_loss"] != "none":
+            kd = compute_kd_losses(
+                self.teacher,
+                self.student,
+                t_out,
+                s_out,
+                b["y_padded"],
+                b["y_lens"],
+                self.kd_params,
+                generator=self.generator,
+            )
+            loss = loss + args.kd_scale * kd["kd"]
+            loss = loss + args.kd_scale * args.kd_sampling_scale * kd["kd_samp"]
+            if "kd_samp_tokens" in kd:
+                self.samp_tokens.append(float(kd["kd_samp_tokens"]))
+            if "kd_samp_node_share" in kd:
+                self.node_share.append(float(kd["kd_samp_node_share"]))
+        with _maybe(timer, "backward"):
+            loss.backward()
+        with _maybe(timer, "optimizer"):
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.last_loss = float(loss.detach())
 
 
 def batch_from_cuts(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
@@ -346,8 +348,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prune-range", type=int, default=5, help="Prune range of the RNN-T loss.")
     parser.add_argument("--kd-prune-range", type=int, default=5, help="KD window R_kd.")
     parser.add_argument("--kd-node-weights", default="uniform", choices=kd_module.NODE_WEIGHT_KINDS)
-    parser.add_argument("--kd-scale", type=float, default=0.5, help="lambda.")
-    parser.add_argument("--kd-sampling-scale", type=float, default=1.0, help="rho.")
+    parser.add_argument("--kd-scale", type=float, default=KD_DEFAULTS.kd_scale, help="lambda.")
+    parser.add_argument(
+        "--kd-sampling-scale", type=float, default=KD_DEFAULTS.kd_sampling_scale, help="rho."
+    )
     parser.add_argument("--simple-loss-scale", type=float, default=0.5)
     parser.add_argument(
         "--num-samples", type=int, nargs="+", default=[1, 2, 4], help="N values of SP-KD."
