@@ -74,37 +74,38 @@ ZIPFORMER_PRESETS: Dict[str, Dict[str, Any]] = {
     ),
     # The SP-KD authors' student (5 stacks at 1,2,4,8,2 in their Zipformer1
     # fork: layers 1,1,1,1,1, ff 256,256,512,512,256, 4 heads, dim 196) mapped to
-    # Zipformer2's six stacks 1,2,4,8,4,2: the inserted 5th stack (factor 4)
-    # copies the 3rd (factor 4), the 6th takes their 5th (factor 2).
+    # Zipformer2's six stacks 1,2,4,8,4,2: stacks 1-4 are theirs, the 6th
+    # (factor 2) is their 5th, and the inserted 5th (factor 4) gets the smaller
+    # ff 256 so the total stays near their 6 M at BPE 500.
     "zipformer-paper-student": dict(
         num_encoder_layers="1,1,1,1,1,1",
-        feedforward_dim="256,256,512,512,512,256",
+        feedforward_dim="256,256,512,512,256,256",
         num_heads="4",
         encoder_dim="196",
         encoder_unmasked_dim="196",
         decoder_dim=256,
         joiner_dim=256,
     ),
-    # Sized for the synthetic corpus (BPE 50): a ~5 M teacher, a student <= 1/6 of it.
+    # Sized for the synthetic corpus (BPE 50): a ~5 M teacher, a student < 1/6 of it.
     "zipformer-synth-teacher": dict(
         num_encoder_layers="2,2,2,2,2,2",
-        feedforward_dim="384,512,768,768,768,512",
+        feedforward_dim="256,256,384,384,384,256",
         num_heads="4",
-        encoder_dim="128,160,256,256,256,160",
-        encoder_unmasked_dim="128,128,192,192,192,128",
-        decoder_dim=256,
-        joiner_dim=256,
+        encoder_dim="96,96,128,128,128,96",
+        encoder_unmasked_dim="96",
+        decoder_dim=192,
+        joiner_dim=192,
     ),
     "zipformer-synth-student": dict(
         num_encoder_layers="1,1,1,1,1,1",
-        feedforward_dim="192,256,256,256,256,256",
-        num_heads="4",
+        feedforward_dim="96,128,128,128,128,128",
+        num_heads="2",
         query_head_dim="16",
-        encoder_dim="96,96,128,128,128,96",
-        encoder_unmasked_dim="96",
-        pos_dim=32,
-        decoder_dim=128,
-        joiner_dim=128,
+        encoder_dim="48,48,64,64,64,48",
+        encoder_unmasked_dim="48",
+        pos_dim=16,
+        decoder_dim=64,
+        joiner_dim=64,
     ),
 }
 
