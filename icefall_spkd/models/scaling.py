@@ -338,7 +338,7 @@ def whitening_metric(x: Tensor, num_groups: int) -> Tensor:
 
 class _WhitenFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, module: "Whiten") -> Tensor:
+    def forward(ctx, x: Tensor, module: Whiten) -> Tensor:
         ctx.save_for_backward(x)
         ctx.module = module
         return x.view_as(x)
