@@ -326,23 +326,30 @@ def test_sample_sequences_allows_empty_and_zero_length():
     assert out == [[[], [], []], [[], [], []]]
 
 
-def test_nbest_sequences():
-    pytest.importorskip("icefall_spkd.models.decoder")
-    from icefall_spkd.search import modified_beam_search
+def test_nbest_sequences_match_enumeration():
+    """With a beam holding every reachable hypothesis, the n-best list is exact.
 
-    model = TinyTransducer(vocab_size=4, seed=6, scale=1.5)
-    enc = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(7))
-    lens = torch.tensor([5, 3])
+    Two tokens and at most one symbol per frame give 1 + 2 + 4 + 8 = 15 token
+    sequences over 3 frames, so a beam of 16 prunes nothing; the list must be
+    the ``num`` most likely sequences of the exact distribution (every
+    per-frame choice enumerated), ranked by ``log P(y) / max(len(y), 1)``
+    (search.py's length normalisation).
+    """
+    pytest.importorskip("icefall_spkd.models.decoder")
+    model = TinyTransducer(vocab_size=3, seed=6, scale=1.5)
+    enc = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(7))
+    lens = torch.tensor([3, 2])
     with pytest.raises(ValueError):
         nbest_sequences(model, enc, lens, num=4, beam=3)
-    nb = nbest_sequences(model, enc, lens, num=3, beam=4)
-    ref = modified_beam_search(model, enc, lens, beam=4, return_nbest=True)
+    nb = nbest_sequences(model, enc, lens, num=5, beam=16)
     for b in range(2):
-        assert 1 <= len(nb[b]) <= 3
-        assert len({tuple(s) for s in nb[b]}) == len(nb[b])
-        assert nb[b] == [list(tok) for tok, _ in ref[b]][: len(nb[b])]
-    best = modified_beam_search(model, enc, lens, beam=4)
-    assert [h[0] for h in nb] == best
+        exact = exact_sequence_distribution(model, enc[b], int(lens[b]), 1.0)
+        ranked = sorted(exact, key=lambda y: math.log(exact[y]) / max(len(y), 1), reverse=True)
+        assert nb[b] == [list(y) for y in ranked[:5]], (b, nb[b], ranked[:5])
+    # an utterance with fewer distinct hypotheses than asked for: all of them
+    few = nbest_sequences(model, enc[1:], torch.tensor([1]), num=5, beam=16)
+    exact = exact_sequence_distribution(model, enc[1], 1, 1.0)
+    assert sorted(map(tuple, few[0])) == sorted(exact) and len(exact) == 3
 
 
 def test_rotate_batch():
