@@ -1,7 +1,10 @@
 """``AsrDataModule``: the data loaders shared by train.py and decode.py (icefall style).
 
 Reads the cuts written by ``egs/librispeech/ASR/prepare.sh``
-(``<manifest-dir>/librispeech_cuts_{train,dev,test-clean,test-other}.jsonl.gz``)
+(``<manifest-dir>/librispeech_cuts_{train,dev,test-clean,test-other}.jsonl.gz``;
+for real LibriSpeech also ``dev-clean`` and ``dev-other``, the two halves of
+``dev``, which are decoded separately under icefall's names while validation
+uses ``dev``)
 and builds lhotse ``DynamicBucketingSampler`` + ``K2SpeechRecognitionDataset``
 loaders. A batch is the dataset's dict: ``batch["inputs"]`` (N, T, 80) and
 ``batch["supervisions"]`` with ``text``, ``sequence_idx``, ``start_frame``,
@@ -46,6 +49,10 @@ from icefall_spkd.features import make_fbank_extractor
 from icefall_spkd.utils import str2bool
 
 DEFAULT_SEED = 42
+
+#: Sets decode.py can decode: icefall's LibriSpeech names, plus ``dev`` (the
+#: synthetic corpus's development set; for LibriSpeech dev-clean + dev-other).
+DECODING_SETS = ("test-clean", "test-other", "dev-clean", "dev-other", "dev")
 
 
 class _SeedWorkers:
@@ -107,9 +114,14 @@ class AsrDataModule:
     def _load(self, split: str) -> CutSet:
         path = Path(self.args.manifest_dir) / f"librispeech_cuts_{split}.jsonl.gz"
         if not path.is_file():
+            hint = (
+                " (dev-clean and dev-other are LibriSpeech's; the synthetic corpus has 'dev')"
+                if split in ("dev-clean", "dev-other")
+                else ""
+            )
             raise FileNotFoundError(
                 f"{path} is missing: run egs/librispeech/ASR/prepare.sh (from that directory), "
-                f"or point --manifest-dir at its data/fbank"
+                f"or point --manifest-dir at its data/fbank{hint}"
             )
         logging.info(f"About to get {split} cuts from {path}")
         return load_manifest_lazy(path)
@@ -119,8 +131,22 @@ class AsrDataModule:
         return self._load("train")
 
     def dev_cuts(self) -> CutSet:
-        """Validation cuts (LibriSpeech: dev-clean + dev-other)."""
+        """Validation cuts (LibriSpeech: dev-clean + dev-other; the synthetic corpus: its dev)."""
         return self._load("dev")
+
+    def dev_clean_cuts(self) -> CutSet:
+        """LibriSpeech dev-clean cuts (a decoding set)."""
+        return self._load("dev-clean")
+
+    def dev_other_cuts(self) -> CutSet:
+        """LibriSpeech dev-other cuts (a decoding set)."""
+        return self._load("dev-other")
+
+    def decoding_cuts(self, name: str) -> CutSet:
+        """The cuts of a decoding set by its name (see :data:`DECODING_SETS`)."""
+        if name not in DECODING_SETS:
+            raise ValueError(f"Unknown decoding set {name!r}; use one of {', '.join(DECODING_SETS)}")
+        return self._load(name)
 
     def test_clean_cuts(self) -> CutSet:
         """test-clean cuts."""

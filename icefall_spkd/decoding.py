@@ -2,7 +2,11 @@
 
 - :func:`add_averaging_arguments` / :func:`load_averaged_weights`: icefall's
   ``--epoch/--iter/--avg/--use-averaged-model`` rules for choosing and
-  averaging checkpoints.
+  averaging checkpoints (``--use-averaged-model`` is true by default, as in
+  icefall).
+- :class:`TokenTable` / :func:`load_vocabulary`: ``--tokens
+  data/lang_bpe_<N>/tokens.txt`` (icefall's current convention) or, still
+  accepted, ``--bpe-model``.
 - :func:`decode_one_batch` / :func:`decode_dataset`: run the encoder and a
   search method over a DataLoader.
 - :func:`save_results`: write ``recogs-*``, ``errs-*`` and ``wer-summary-*``.
@@ -27,30 +31,100 @@ from icefall_spkd.checkpoint import (
 )
 from icefall_spkd.utils import AttributeDict, str2bool
 
-DECODING_METHODS = ("greedy_search", "modified_beam_search")
+DECODING_METHODS = ("greedy_search", "beam_search", "modified_beam_search")
 
 
 def add_averaging_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--epoch``, ``--iter``, ``--avg``, ``--use-averaged-model``, ``--exp-dir``, ``--bpe-model``."""
+    """``--epoch``, ``--iter``, ``--avg``, ``--use-averaged-model``, ``--exp-dir``, ``--tokens``, ``--bpe-model``."""
     g = parser.add_argument_group("Checkpoint selection")
-    g.add_argument("--epoch", type=int, default=30, help="Use the model after this epoch.")
+    g.add_argument("--epoch", type=int, default=30, help="Use the model after this epoch (1-based).")
     g.add_argument(
         "--iter",
         type=int,
         default=0,
         help="If > 0, use checkpoint-<iter>.pt (and older ones for --avg) instead of --epoch.",
     )
-    g.add_argument("--avg", type=int, default=1, help="Number of checkpoints to average.")
+    g.add_argument(
+        "--avg",
+        type=int,
+        default=9,
+        help="Number of checkpoints to average, ending at --epoch (or --iter).",
+    )
     g.add_argument(
         "--use-averaged-model",
         type=str2bool,
-        default=False,
-        help="Average with the running-average models stored in the checkpoints: the "
-        "mean over the --avg epochs (or iterations) ending at --epoch (--iter), from the "
-        "two files at its ends.",
+        default=True,
+        help="Use the running-average models stored in the checkpoints: the mean model over "
+        "the epochs (iterations) from epoch-(E-avg) (excluded) to epoch-E, computed from those "
+        "two files only; needs --epoch > --avg. false: the plain mean of the --avg files "
+        "ending at --epoch.",
     )
     g.add_argument("--exp-dir", type=Path, default=Path("spkd_transducer/exp"))
-    g.add_argument("--bpe-model", type=str, default="data/lang_bpe_500/bpe.model")
+    g.add_argument(
+        "--tokens",
+        type=str,
+        default="data/lang_bpe_500/tokens.txt",
+        help="Token table ('<symbol> <id>' per line, <blk> = 0), e.g. data/lang_bpe_500/tokens.txt.",
+    )
+    g.add_argument(
+        "--bpe-model",
+        type=str,
+        default=None,
+        help="Still accepted instead of --tokens: the sentencepiece model of the same directory "
+        "(used when given).",
+    )
+
+
+class TokenTable:
+    """``tokens.txt`` (``<symbol> <id>`` per line): id -> symbol, and BPE ids -> text.
+
+    Text is made as icefall does: the symbols joined, ``▁`` turned into a
+    space, and the spaces normalised. ``vocab_size`` is the largest id + 1.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(
+                f"Token table not found: {self.path} (prepare.sh stage 3 writes "
+                "data/lang_bpe_<N>/tokens.txt; or pass --bpe-model)"
+            )
+        self.symbols: Dict[int, str] = {}
+        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                raise ValueError(f"{self.path}:{n}: expected '<symbol> <id>', got {line!r}")
+            sym, i = parts[0], int(parts[1])
+            if i in self.symbols:
+                raise ValueError(f"{self.path}:{n}: id {i} appears twice")
+            self.symbols[i] = sym
+        if self.symbols.get(0) != "<blk>":
+            raise ValueError(f"{self.path}: id 0 must be '<blk>' (the blank), got {self.symbols.get(0)!r}")
+        self.vocab_size = max(self.symbols) + 1
+        if len(self.symbols) != self.vocab_size:
+            raise ValueError(f"{self.path}: ids are not 0..{self.vocab_size - 1} without gaps")
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of a BPE id sequence (no blanks expected)."""
+        return " ".join("".join(self.symbols[int(i)] for i in ids).replace("▁", " ").split())
+
+
+def load_vocabulary(params: AttributeDict) -> Any:
+    """``--bpe-model`` when given, else ``--tokens``; sets ``params.vocab_size`` and ``blank_id``.
+
+    Returns an object with ``decode(ids) -> str`` (a SentencePieceProcessor or
+    a :class:`TokenTable`).
+    """
+    if params.get("bpe_model"):
+        from icefall_spkd.training import load_bpe
+
+        return load_bpe(params)
+    table = TokenTable(params.tokens)
+    params.vocab_size = table.vocab_size
+    params.blank_id = 0
+    return table
 
 
 def averaging_suffix(params: AttributeDict) -> str:
@@ -93,17 +167,21 @@ def load_averaged_weights(params: AttributeDict) -> Dict[str, torch.Tensor]:
         start = params.epoch - params.avg
         if start < 1:
             raise ValueError(
-                f"--use-averaged-model needs --epoch > --avg (epoch-{start}.pt is the start "
-                f"point), got --epoch {params.epoch} --avg {params.avg}"
+                f"--use-averaged-model true (the default) needs --epoch > --avg (epoch-{start}.pt "
+                f"is the start point), got --epoch {params.epoch} --avg {params.avg}; lower --avg "
+                "or pass --use-averaged-model false"
             )
         f_start = exp_dir / f"epoch-{start}.pt"
         f_end = exp_dir / f"epoch-{params.epoch}.pt"
         logging.info(f"Averaging (running averages) between {f_start} and {f_end}")
         return average_checkpoints_with_averaged_model(f_start, f_end)
 
-    first = params.epoch - params.avg + 1
-    if first < 1:
-        raise ValueError(f"--epoch {params.epoch} --avg {params.avg}: would need epoch-{first}.pt")
+    # As icefall: epochs before the first are left out of the average.
+    first = max(1, params.epoch - params.avg + 1)
+    if first > params.epoch - params.avg + 1:
+        logging.warning(
+            f"--epoch {params.epoch} --avg {params.avg}: only epochs {first}..{params.epoch} exist"
+        )
     files = [exp_dir / f"epoch-{e}.pt" for e in range(first, params.epoch + 1)]
     logging.info(f"Averaging {[str(f) for f in files]}")
     return average_checkpoints(files)
@@ -137,15 +215,23 @@ def _input_order(batch: Dict[str, Any]) -> Tuple[torch.Tensor, List[str], List[s
 def decode_one_batch(
     params: AttributeDict, model: nn.Module, sp: Any, batch: Dict[str, Any]
 ) -> Tuple[List[str], List[str], List[str]]:
-    """Decode a batch; returns ``(cut_ids, ref_texts, hyp_texts)`` in input order."""
-    from icefall_spkd.search import greedy_search_batch, modified_beam_search
+    """Decode a batch; returns ``(cut_ids, ref_texts, hyp_texts)`` in input order.
+
+    ``sp``: anything with ``decode(ids) -> str`` (see :func:`load_vocabulary`).
+    ``params.max_sym_per_frame`` (default 1) applies to greedy_search.
+    """
+    from icefall_spkd.search import beam_search, greedy_search_batch, modified_beam_search
 
     device = next(model.parameters()).device
     x = batch["inputs"].to(device)
     x_lens, refs, ids = _input_order(batch)
     encoder_out, encoder_out_lens = model.forward_encoder(x, x_lens.to(device))
     if params.decoding_method == "greedy_search":
-        hyp_tokens = greedy_search_batch(model, encoder_out, encoder_out_lens)
+        hyp_tokens = greedy_search_batch(
+            model, encoder_out, encoder_out_lens, max_sym_per_frame=int(params.get("max_sym_per_frame", 1))
+        )
+    elif params.decoding_method == "beam_search":
+        hyp_tokens = beam_search(model, encoder_out, encoder_out_lens, beam=params.beam_size)
     elif params.decoding_method == "modified_beam_search":
         hyp_tokens = modified_beam_search(model, encoder_out, encoder_out_lens, beam=params.beam_size)
     else:

@@ -105,6 +105,9 @@ def _train_bpe(root: Path, texts: List[str]) -> Path:
         hard_vocab_limit=False,
         minloglevel=2,
     )
+    sp = spm.SentencePieceProcessor(model_file=str(lang / "bpe.model"))
+    lines = [f"{sp.id_to_piece(i)} {i}\n" for i in range(sp.get_piece_size())]
+    (lang / "tokens.txt").write_text("".join(lines))
     return lang / "bpe.model"
 
 
@@ -115,7 +118,7 @@ def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("egs")
     rng = np.random.default_rng(0)
     texts = _make_cuts(root, "train", 12, rng)
-    for part in ("dev", "test-clean", "test-other"):
+    for part in ("dev", "test-clean", "test-other", "dev-clean", "dev-other"):
         texts += _make_cuts(root, part, 3, rng)
     _train_bpe(root, texts)
     return root
@@ -317,6 +320,13 @@ def test_torchrun_environment() -> None:
         launch_from_environ({"RANK": "3", "LOCAL_RANK": "0", "WORLD_SIZE": "2"})
 
 
+def _decode(corpus: Path, exp: Path, method: str, sets: List[str], *extra: str) -> None:
+    """decode.py at epoch 2, --avg 1 and the default --use-averaged-model (true)."""
+    args = [*_common_args(corpus, exp), *_data_args(), "--epoch", "2", "--avg", "1"]
+    args += ["--decoding-method", method, "--test-sets", *sets, *extra]
+    _run("decode.py", args, cwd=corpus)
+
+
 @pytest.mark.slow
 def test_decode_and_export(corpus: Path, trained: Path, tmp_path: Path) -> None:
     import shutil
@@ -324,35 +334,41 @@ def test_decode_and_export(corpus: Path, trained: Path, tmp_path: Path) -> None:
     exp = tmp_path / "exp"
     shutil.copytree(trained, exp)
     common = _common_args(corpus, exp)
-    for method, extra in (("greedy_search", []), ("modified_beam_search", ["--beam-size", "2"])):
-        _run(
-            "decode.py",
-            [
-                *common,
-                *_data_args(),
-                "--epoch", "2",
-                "--avg", "1",
-                "--use-averaged-model", "true",
-                "--decoding-method", method,
-                "--test-sets", "dev", "test-clean,test-other",
-                *extra,
-            ],
-            cwd=corpus,
-        )
-        out = exp / method
-        suffix = "epoch-2-avg-1-use-averaged-model" + (
-            "-beam-size-2" if method == "modified_beam_search" else ""
-        )
-        for s in ("dev", "test-clean", "test-other"):
-            for kind in ("recogs", "errs", "wer-summary"):
-                assert (out / f"{kind}-{s}-{suffix}.txt").is_file(), (kind, s)
-        assert "ref=" in (out / f"recogs-dev-{suffix}.txt").read_text()
+    tokens = str(corpus / "data" / "lang_bpe_30" / "tokens.txt")
+    base = "epoch-2-avg-1-use-averaged-model"  # --use-averaged-model is true by default
+    all_sets = ["test-clean", "test-other", "dev-clean", "dev-other", "dev"]
 
+    # --bpe-model (still accepted) and --tokens give the same transcripts.
+    _decode(corpus, exp, "greedy_search", ["dev", "test-clean,test-other"])
+    by_bpe = {s: (exp / "greedy_search" / f"recogs-{s}-{base}.txt").read_text() for s in ("dev", "test-other")}
+    assert "ref=" in by_bpe["dev"]
+    i = common.index("--bpe-model")
+    with_tokens = [*common[:i], "--tokens", tokens, *common[i + 2 :]]
+    args = [*with_tokens, *_data_args(), "--epoch", "2", "--avg", "1", "--test-sets", *all_sets]
+    _run("decode.py", args, cwd=corpus)
+    for s in all_sets:  # icefall's LibriSpeech names, each its own set, and the synthetic dev
+        for kind in ("recogs", "errs", "wer-summary"):
+            assert (exp / "greedy_search" / f"{kind}-{s}-{base}.txt").is_file(), (kind, s)
+    for s, text in by_bpe.items():
+        assert (exp / "greedy_search" / f"recogs-{s}-{base}.txt").read_text() == text
+    assert list((exp / "greedy_search").glob(f"log-decode-{base}-*"))
+
+    for method, extra, suffix in (
+        ("modified_beam_search", ["--beam-size", "2"], base + "-beam-size-2"),
+        ("beam_search", ["--beam-size", "2"], base + "-beam-size-2"),
+        ("greedy_search", ["--max-sym-per-frame", "3"], base + "-max-sym-per-frame-3"),
+    ):
+        _decode(corpus, exp, method, ["dev-other"], *extra)
+        for kind in ("recogs", "errs", "wer-summary"):
+            assert (exp / method / f"{kind}-dev-other-{suffix}.txt").is_file(), (method, kind)
+
+    # export.py: the plain mean of the last two epochs (the averaged model needs --epoch > --avg).
     _run(
         "export.py",
-        [*common[:4], *MODEL_ARGS, "--epoch", "2", "--avg", "2"],
+        [*common[:2], "--tokens", tokens, *MODEL_ARGS, "--epoch", "2", "--avg", "2",
+         "--use-averaged-model", "false"],
         cwd=corpus,
-    )
+    )  # fmt: skip
     pre = torch.load(exp / "pretrained.pt", weights_only=False)
     assert set(pre) == {"model", "params"}
     assert pre["params"]["encoder_dim"] == 32
@@ -361,18 +377,43 @@ def test_decode_and_export(corpus: Path, trained: Path, tmp_path: Path) -> None:
 
     wav = tmp_path / "noise.wav"
     sf.write(wav, (np.random.default_rng(1).normal(size=16000) * 0.1).astype("float32"), 16000)
-    proc = _run(
-        "pretrained.py",
-        [
-            "--checkpoint", str(exp / "pretrained.pt"),
-            "--bpe-model", common[3],
-            "--method", "modified_beam_search",
-            "--beam-size", "2",
-            str(wav),
-        ],
-        cwd=corpus,
-    )
-    assert f"{wav}:" in proc.stdout
+    outs = []
+    for vocab in (["--tokens", tokens], ["--bpe-model", common[3]]):
+        proc = _run(
+            "pretrained.py",
+            ["--checkpoint", str(exp / "pretrained.pt"), *vocab, "--method", "beam_search",
+             "--beam-size", "2", str(wav)],
+            cwd=corpus,
+        )  # fmt: skip
+        assert f"{wav}:" in proc.stdout
+        outs.append(proc.stdout)
+    assert outs[0] == outs[1]
+
+
+def test_use_averaged_model_needs_epoch_above_avg(tmp_path: Path) -> None:
+    from icefall_spkd.decoding import load_averaged_weights
+    from icefall_spkd.utils import AttributeDict
+
+    params = AttributeDict(exp_dir=tmp_path, epoch=2, avg=2, iter=0, use_averaged_model=True)
+    with pytest.raises(ValueError, match="--use-averaged-model false"):
+        load_averaged_weights(params)
+
+
+def test_token_table_text(tmp_path: Path) -> None:
+    from icefall_spkd.decoding import TokenTable
+
+    f = tmp_path / "tokens.txt"
+    f.write_text("<blk> 0\n<sos/eos> 1\n<unk> 2\n\u2581HE 3\nLLO 4\n\u2581WORLD 5\n")
+    table = TokenTable(f)
+    assert table.vocab_size == 6
+    assert table.decode([3, 4, 5]) == "HELLO WORLD"
+    assert table.decode([]) == ""
+    f.write_text("<blk> 0\n\u2581A 2\n")
+    with pytest.raises(ValueError, match="without gaps"):
+        TokenTable(f)
+    f.write_text("\u2581A 0\n")
+    with pytest.raises(ValueError, match="<blk>"):
+        TokenTable(f)
 
 
 class _Cut:

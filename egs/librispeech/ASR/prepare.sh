@@ -18,7 +18,9 @@
 #   4  checks II  <unk> characters, more tokens than subsampled frames
 #                 -> librispeech_cuts_<part>_filtered.jsonl.gz
 #   5  fbank      data/fbank/librispeech_cuts_{train,dev,test-clean,test-other}.jsonl.gz
-#                 (LibriSpeech: per-part files too, combined into train and dev)
+#                 (LibriSpeech: per-part files too, combined into train and dev; dev
+#                 (dev-clean + dev-other) is for validation, and decode.py decodes
+#                 dev-clean and dev-other separately under icefall's names)
 # Every dropped or converted utterance is listed in data/manifests/filter_report_<part>.tsv.
 # BPE comes before features so that the token checks filter the cuts before any
 # features are computed for them.

@@ -5,14 +5,31 @@ Usage (from egs/librispeech/ASR)::
 
     ./spkd_transducer/decode.py --epoch 30 --avg 9 --use-averaged-model true \\
         --exp-dir spkd_transducer/exp --max-duration 600 \\
+        --tokens data/lang_bpe_500/tokens.txt \\
         --decoding-method modified_beam_search --beam-size 4 \\
-        --test-sets test-clean test-other
+        --test-sets test-clean test-other dev-clean dev-other
 
-Writes, for each test set, into ``<exp-dir>/<decoding-method>/``:
-``recogs-<set>-<suffix>.txt``, ``errs-<set>-<suffix>.txt`` and
+    # greedy search with up to 2 symbols per frame; the synthetic corpus's dev set
+    ./spkd_transducer/decode.py --epoch 30 --avg 9 --decoding-method greedy_search \\
+        --max-sym-per-frame 2 --test-sets dev
+
+Decoding methods: ``greedy_search`` (``--max-sym-per-frame``, default 1),
+``beam_search`` (icefall's standard beam search, several symbols per frame)
+and ``modified_beam_search`` (one symbol per frame), both with ``--beam-size``.
+``--use-averaged-model`` is true by default (as in icefall): the model
+averaged over epochs ``epoch-avg`` (excluded) to ``epoch``.
+
+Decoding sets: ``test-clean``, ``test-other``, ``dev-clean``, ``dev-other``
+(LibriSpeech, icefall's names) and ``dev`` (the synthetic corpus's
+development set; for LibriSpeech it is dev-clean + dev-other, the set
+train.py validates on).
+
+Writes, for each set, into ``<exp-dir>/<decoding-method>/`` (icefall's
+layout): ``recogs-<set>-<suffix>.txt``, ``errs-<set>-<suffix>.txt`` and
 ``wer-summary-<set>-<suffix>.txt``, where ``<suffix>`` is e.g.
-``epoch-30-avg-9-use-averaged-model`` (``-beam-size-4`` is appended for
-modified_beam_search), plus a log in ``<exp-dir>/<decoding-method>/log-decode-*``.
+``epoch-30-avg-9-use-averaged-model`` (``-beam-size-4`` is appended for the
+beam searches, ``-max-sym-per-frame-K`` for greedy search with K > 1), plus a
+log ``<exp-dir>/<decoding-method>/log-decode-<suffix>-<date>``.
 Model options (``--model-preset`` ...) must match the ones used for training.
 """
 
@@ -24,20 +41,21 @@ from pathlib import Path
 
 import torch
 
-from icefall_spkd.data import AsrDataModule
+from icefall_spkd.data import DECODING_SETS, AsrDataModule
 from icefall_spkd.decoding import (
     DECODING_METHODS,
     add_averaging_arguments,
     averaging_suffix,
     decode_dataset,
     load_model_weights,
+    load_vocabulary,
     save_results,
 )
 from icefall_spkd.models.presets import add_model_arguments, build_model
-from icefall_spkd.training import get_params, load_bpe
+from icefall_spkd.training import get_params
 from icefall_spkd.utils import cpu_threads, num_parameters, setup_logger
 
-TEST_SETS = ("dev", "test-clean", "test-other")
+TEST_SETS = DECODING_SETS
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -47,7 +65,15 @@ def get_parser() -> argparse.ArgumentParser:
     add_averaging_arguments(parser)
     g = parser.add_argument_group("Decoding")
     g.add_argument("--decoding-method", type=str, default="greedy_search", choices=DECODING_METHODS)
-    g.add_argument("--beam-size", type=int, default=4, help="Beam for modified_beam_search.")
+    g.add_argument(
+        "--beam-size", type=int, default=4, help="Beam of beam_search and modified_beam_search."
+    )
+    g.add_argument(
+        "--max-sym-per-frame",
+        type=int,
+        default=1,
+        help="Most symbols greedy_search emits on one frame.",
+    )
     g.add_argument(
         "--test-sets",
         type=str,
@@ -70,17 +96,21 @@ def main(argv: list[str] | None = None) -> None:
         if s not in TEST_SETS:
             raise SystemExit(f"Unknown test set {s!r} in --test-sets; use {TEST_SETS}")
 
+    if params.max_sym_per_frame < 1:
+        raise SystemExit(f"--max-sym-per-frame must be >= 1, got {params.max_sym_per_frame}")
     suffix = averaging_suffix(params)
     key = "greedy_search"
-    if params.decoding_method == "modified_beam_search":
+    if params.decoding_method in ("beam_search", "modified_beam_search"):
         suffix += f"-beam-size-{params.beam_size}"
         key = f"beam_size_{params.beam_size}"
+    elif params.max_sym_per_frame > 1:
+        suffix += f"-max-sym-per-frame-{params.max_sym_per_frame}"
     out_dir = params.exp_dir / params.decoding_method
     setup_logger(out_dir / f"log-decode-{suffix}")
     logging.info("Decoding started")
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    sp = load_bpe(params)
+    sp = load_vocabulary(params)  # --bpe-model when given, else --tokens
     logging.info(params)
 
     model = build_model(params)
@@ -89,10 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     model.to(device).eval()
 
     data = AsrDataModule(args)
-    getters = {"dev": data.dev_cuts, "test-clean": data.test_clean_cuts, "test-other": data.test_other_cuts}
     wers = {}
     for name in test_sets:
-        dl = data.test_dataloaders(getters[name]())
+        dl = data.test_dataloaders(data.decoding_cuts(name))
         results = decode_dataset(params, model, sp, dl, desc=name)
         wers[name], _ = save_results(params, name, results, out_dir, suffix, key)
 

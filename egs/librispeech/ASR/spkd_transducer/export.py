@@ -4,7 +4,8 @@
 Usage (from egs/librispeech/ASR)::
 
     ./spkd_transducer/export.py --exp-dir spkd_transducer/exp \\
-        --epoch 30 --avg 9 --use-averaged-model true --model-preset small
+        --epoch 30 --avg 9 --use-averaged-model true --model-preset small \\
+        --tokens data/lang_bpe_500/tokens.txt
 
 Writes ``<exp-dir>/pretrained.pt`` = ``{"model": state_dict, "params": {...}}``,
 where ``params`` holds the model hyper-parameters (preset options,
@@ -22,10 +23,11 @@ from icefall_spkd.checkpoint import atomic_torch_save
 from icefall_spkd.decoding import (
     add_averaging_arguments,
     load_model_weights,
+    load_vocabulary,
     model_params_for_export,
 )
 from icefall_spkd.models.presets import add_model_arguments, build_model
-from icefall_spkd.training import get_params, load_bpe
+from icefall_spkd.training import get_params
 from icefall_spkd.utils import num_parameters
 
 
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     params = get_params()
     params.update(vars(args))
-    load_bpe(params)  # sets vocab_size and blank_id
+    load_vocabulary(params)  # --tokens (or --bpe-model): sets vocab_size and blank_id
     model = build_model(params)
     load_model_weights(model, params)
     logging.info(f"Number of model parameters: {num_parameters(model)}")

@@ -4,7 +4,7 @@
 Usage::
 
     ./spkd_transducer/pretrained.py --checkpoint spkd_transducer/exp/pretrained.pt \\
-        --bpe-model data/lang_bpe_500/bpe.model --method greedy_search \\
+        --tokens data/lang_bpe_500/tokens.txt --method greedy_search \\
         a.flac b.wav
 
 Audio is read by :func:`icefall_spkd.audio.read_audio` (WAV/FLAC/...,
@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from icefall_spkd.checkpoint import CheckpointError, _torch_load, load_state_dict_strict
-from icefall_spkd.decoding import DECODING_METHODS
+from icefall_spkd.decoding import DECODING_METHODS, TokenTable
 from icefall_spkd.features import FBANK_OPTIONS, make_fbank_extractor
 from icefall_spkd.models.presets import build_model
-from icefall_spkd.search import greedy_search_batch, modified_beam_search
+from icefall_spkd.search import beam_search, greedy_search_batch, modified_beam_search
 from icefall_spkd.utils import AttributeDict
 
 
@@ -34,9 +34,17 @@ def get_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="pretrained.pt from export.py")
-    parser.add_argument("--bpe-model", type=str, required=True)
+    parser.add_argument(
+        "--tokens", type=str, default=None, help="data/lang_bpe_<N>/tokens.txt (icefall's convention)"
+    )
+    parser.add_argument(
+        "--bpe-model", type=str, default=None, help="Still accepted instead of --tokens: bpe.model"
+    )
     parser.add_argument("--method", type=str, default="greedy_search", choices=DECODING_METHODS)
     parser.add_argument("--beam-size", type=int, default=4)
+    parser.add_argument(
+        "--max-sym-per-frame", type=int, default=1, help="Most symbols greedy_search emits per frame."
+    )
     parser.add_argument("--extractor", type=str, default="auto", choices=["auto", "kaldifeat", "lhotse"])
     parser.add_argument("sound_files", type=Path, nargs="+", help="Audio files to transcribe.")
     return parser
@@ -62,18 +70,27 @@ def read_features(path: Path, extractor) -> torch.Tensor:
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    args = get_parser().parse_args(argv)
-    import sentencepiece as spm
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if (args.tokens is None) == (args.bpe_model is None):
+        parser.error("give one of --tokens data/lang_bpe_<N>/tokens.txt or --bpe-model")
 
     ckpt = _torch_load(args.checkpoint)
     if "params" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{args.checkpoint} is not a file written by export.py (needs 'model' and 'params')")
     params = AttributeDict(ckpt["params"])
-    sp = spm.SentencePieceProcessor()
-    sp.load(args.bpe_model)
-    if sp.get_piece_size() != params.get("vocab_size", sp.get_piece_size()):
+    if args.tokens is not None:
+        sp = TokenTable(args.tokens)
+        vocab_file, vocab_size = args.tokens, sp.vocab_size
+    else:
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor()
+        sp.load(args.bpe_model)
+        vocab_file, vocab_size = args.bpe_model, sp.get_piece_size()
+    if vocab_size != params.get("vocab_size", vocab_size):
         raise ValueError(
-            f"{args.bpe_model} has {sp.get_piece_size()} pieces but {args.checkpoint} was "
+            f"{vocab_file} has {vocab_size} tokens but {args.checkpoint} was "
             f"trained with vocab_size={params.vocab_size}"
         )
     model = build_model(params)
@@ -87,7 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True, padding_value=-23.0259)  # log(1e-10)
     encoder_out, encoder_out_lens = model.forward_encoder(x.to(device), x_lens.to(device))
     if args.method == "greedy_search":
-        hyps = greedy_search_batch(model, encoder_out, encoder_out_lens)
+        hyps = greedy_search_batch(
+            model, encoder_out, encoder_out_lens, max_sym_per_frame=args.max_sym_per_frame
+        )
+    elif args.method == "beam_search":
+        hyps = beam_search(model, encoder_out, encoder_out_lens, beam=args.beam_size)
     else:
         hyps = modified_beam_search(model, encoder_out, encoder_out_lens, beam=args.beam_size)
     for path, h in zip(args.sound_files, hyps):
