@@ -68,6 +68,7 @@ import torch
 from torch import Tensor
 
 from icefall_spkd.pruned_rnnt import mutual_information_recursion
+from icefall_spkd.search import advance_decoder, modified_beam_search
 
 __all__ = [
     "node_occupancy",
@@ -300,19 +301,6 @@ def viterbi_alignment(px: Tensor, py: Tensor, boundary: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
-def _model_blank_and_context(model: Any) -> Tuple[int, int]:
-    blank_id = getattr(model, "blank_id", None)
-    if blank_id is None:
-        blank_id = model.decoder.blank_id
-    return int(blank_id), int(model.decoder.context_size)
-
-
-def _categorical(probs: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    """One draw per row of ``probs`` (N, V) by inverse CDF; returns (N,) int64."""
-    r = _uniform((probs.shape[0], 1), probs.device, probs.dtype, generator)
-    return _categorical_from_uniform(probs, r)
-
-
 def _categorical_from_uniform(probs: Tensor, r: Tensor) -> Tensor:
     """Inverse CDF of each row of ``probs`` (N, V) at ``r`` (N, 1) in [0, 1).
 
@@ -338,30 +326,30 @@ def sample_sequences(
     For each frame ``t < T_b`` of each of the ``B * num_samples`` hypotheses:
     ``k ~ softmax(joiner(enc_t, dec(hyp)) / temperature)``; if ``k`` is blank
     the hypothesis just moves on, else ``k`` is appended (and the frame moves
-    on too). The decoder is re-run only for hypotheses that emitted. With
-    ``temperature == 0`` the argmax is taken (greedy search with one symbol
-    per frame). The initial decoder context is ``context_size`` blanks,
-    matching a decoder trained with ``need_pad=True`` blank padding.
+    on too). The decoder is re-run only for hypotheses that emitted
+    (:func:`icefall_spkd.search.advance_decoder`, the step greedy search
+    takes). The initial decoder context is ``context_size`` blanks, matching
+    a decoder trained with ``need_pad=True`` blank padding.
 
     Call it with the model in eval mode; no gradient is recorded.
 
     Args:
       model: a Transducer (``model.decoder(y, need_pad=False)``,
         ``model.joiner(enc, dec, project_input=False)`` with
-        ``joiner.encoder_proj`` / ``joiner.decoder_proj``, ``blank_id``).
+        ``joiner.encoder_proj`` / ``joiner.decoder_proj``).
       encoder_out: ``(B, T, C)``.
       encoder_out_lens: ``(B,)``.
       num_samples: sequences per utterance.
-      temperature: ``>= 0``.
+      temperature: ``> 0`` (greedy search is :func:`icefall_spkd.search.greedy_search_batch`).
       generator: optional ``torch.Generator`` (any device).
     Returns:
       ``out[b][n]``: the ``n``-th sampled token list (no blanks; may be empty).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    blank_id, context_size = _model_blank_and_context(model)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    blank_id, context_size = model.decoder.blank_id, model.decoder.context_size
     B, T, _ = encoder_out.shape
     device = encoder_out.device
     N = B * num_samples
@@ -372,29 +360,16 @@ def sample_sequences(
     dec = model.joiner.decoder_proj(model.decoder(context, need_pad=False)).squeeze(1)
     # tokens[i, t]: the token hypothesis i emitted at frame t, or -1 (lists at the end).
     tokens = torch.full((N, max(T, 1)), -1, dtype=torch.int64, device=device)
-    t_max = int(lens.max().item()) if N > 0 else 0
+    t_max = min(T, int(lens.max().item()) if N > 0 else 0)
     # One uniform per hypothesis and frame, drawn up front (a single RNG call).
-    uniforms = None
-    if temperature > 0 and t_max > 0:
-        uniforms = _uniform((t_max, N, 1), device, torch.float32, generator)
-    for t in range(min(T, t_max)):
+    uniforms = _uniform((t_max, N, 1), device, torch.float32, generator)
+    for t in range(t_max):
         logits = model.joiner(enc[:, t], dec, project_input=False).float()  # (N, V)
-        if temperature == 0:
-            k = logits.argmax(dim=-1)
-        else:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            k = _categorical_from_uniform(probs, uniforms[t])
-        emitted = (k != blank_id) & (lens > t)
-        idx = emitted.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            continue
-        new_tokens = k.index_select(0, idx)
-        tokens[idx, t] = new_tokens
-        ctx = torch.cat([context.index_select(0, idx)[:, 1:], new_tokens.view(-1, 1)], dim=1)
-        context.index_copy_(0, idx, ctx)
-        # decoder + projection only for the hypotheses that emitted
-        new_dec = model.joiner.decoder_proj(model.decoder(ctx, need_pad=False)).squeeze(1)
-        dec = dec.index_copy(0, idx, new_dec.to(dec.dtype))
+        k = _categorical_from_uniform(torch.softmax(logits / temperature, dim=-1), uniforms[t])
+        idx = ((k != blank_id) & (lens > t)).nonzero().squeeze(1)
+        if idx.numel() > 0:
+            tokens[idx, t] = k[idx]
+            advance_decoder(model, context, dec, idx, k[idx])
     rows = tokens.tolist()
     hyps = [[v for v in row if v >= 0] for row in rows]
     return [hyps[b * num_samples : (b + 1) * num_samples] for b in range(B)]
@@ -420,8 +395,6 @@ def nbest_sequences(
         raise ValueError(f"num must be >= 1, got {num}")
     if beam < num:
         raise ValueError(f"beam ({beam}) must be >= num ({num}) for an n-best list")
-    from icefall_spkd.search import modified_beam_search  # lazy: avoids an import cycle
-
     with torch.no_grad():
         nbest = modified_beam_search(
             model, encoder_out, encoder_out_lens, beam=beam, return_nbest=True

@@ -49,6 +49,7 @@ from torch import nn
 __all__ = [
     "Hypothesis",
     "HypothesisList",
+    "advance_decoder",
     "beam_search",
     "greedy_search_batch",
     "hypothesis_score",
@@ -151,6 +152,20 @@ def _run_decoder(model: nn.Module, contexts: torch.Tensor) -> torch.Tensor:
     return model.joiner.decoder_proj(dec.squeeze(1))
 
 
+def advance_decoder(
+    model: nn.Module, contexts: torch.Tensor, dec: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor
+) -> None:
+    """Append ``tokens`` (K,) to the contexts of ``rows`` (K,) and recompute their decoder output.
+
+    ``contexts`` ``(N, context_size)`` and the projected decoder output ``dec``
+    ``(N, joiner_dim)`` are updated in place; the other rows are untouched.
+    Used by the frame-synchronous searches here and by the SP-KD sampler.
+    """
+    new_ctx = torch.cat([contexts[rows, 1:], tokens.unsqueeze(1)], dim=1)
+    contexts[rows] = new_ctx
+    dec[rows] = _run_decoder(model, new_ctx).to(dec.dtype)
+
+
 def _check_inputs(encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor) -> list[int]:
     assert encoder_out.ndim == 3, encoder_out.shape
     assert encoder_out_lens.ndim == 1 and encoder_out_lens.numel() == encoder_out.size(0), (
@@ -221,9 +236,7 @@ def greedy_search_batch(
             rows = [r for r, _ in emitted_l]
             emitted = torch.tensor(rows, dtype=torch.int64, device=device)
             y_emit = torch.tensor([tok for _, tok in emitted_l], dtype=torch.int64, device=device)
-            new_ctx = torch.cat([contexts[emitted, 1:], y_emit.unsqueeze(1)], dim=1)
-            contexts[emitted] = new_ctx
-            dec[emitted] = _run_decoder(model, new_ctx).to(dec.dtype)
+            advance_decoder(model, contexts, dec, emitted, y_emit)
     return results
 
 

@@ -310,10 +310,11 @@ def test_sample_sequences_low_temperature_is_greedy():
     greedy = greedy_search_batch(model, enc, lens)
     assert any(len(h) > 0 for h in greedy)  # the test is meaningful
     g = torch.Generator().manual_seed(0)
-    for tau in (1e-4, 0.0):
-        samples = sample_sequences(model, enc, lens, 5, temperature=tau, generator=g)
-        for b in range(B):
-            assert all(s == greedy[b] for s in samples[b]), (tau, b, samples[b], greedy[b])
+    samples = sample_sequences(model, enc, lens, 5, temperature=1e-4, generator=g)
+    for b in range(B):
+        assert all(s == greedy[b] for s in samples[b]), (b, samples[b], greedy[b])
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        sample_sequences(model, enc, lens, 1, temperature=0.0)
 
 
 def test_sample_sequences_allows_empty_and_zero_length():
