@@ -181,8 +181,23 @@ class AsrDataModule:
         )
 
     # ------------------------------------------------------------ loaders
+    def spec_augment(self) -> Optional[SpecAugment]:
+        """The training SpecAugment (``--enable-spec-aug``, ``--spec-aug-time-warp-factor``), or None."""
+        if not self.args.enable_spec_aug:
+            return None
+        return SpecAugment(
+            time_warp_factor=self.args.spec_aug_time_warp_factor,
+            num_frame_masks=10,
+            features_mask_size=27,
+            num_feature_masks=2,
+            frames_mask_size=100,
+        )
+
     def train_dataloaders(
-        self, cuts_train: CutSet, sampler_state_dict: Optional[Dict[str, Any]] = None
+        self,
+        cuts_train: CutSet,
+        sampler_state_dict: Optional[Dict[str, Any]] = None,
+        spec_augment_in_loader: bool = True,
     ) -> DataLoader:
         """Training loader.
 
@@ -190,21 +205,19 @@ class AsrDataModule:
           cuts_train: cuts with features (or audio, with ``--on-the-fly-feats``).
           sampler_state_dict: ``train_dl.sampler.state_dict()`` from a
             checkpoint; the sampler then continues with the next batch.
+          spec_augment_in_loader: apply SpecAugment in the dataset (icefall's
+            way). False: the batches hold clean features and the training step
+            applies :meth:`spec_augment` itself (``--kd-teacher-input clean``,
+            where the KD teacher sees the clean features and the student an
+            augmented copy).
         """
         transforms = []
-        if self.args.enable_spec_aug:
+        augment = self.spec_augment()
+        if augment is not None and spec_augment_in_loader:
             logging.info(f"SpecAugment on, time warp factor {self.args.spec_aug_time_warp_factor}")
-            transforms.append(
-                SpecAugment(
-                    time_warp_factor=self.args.spec_aug_time_warp_factor,
-                    num_frame_masks=10,
-                    features_mask_size=27,
-                    num_feature_masks=2,
-                    frames_mask_size=100,
-                )
-            )
+            transforms.append(augment)
         raw_audio = not self.args.on_the_fly_feats and self.args.input_strategy == "AudioSamples"
-        if transforms and raw_audio:
+        if augment is not None and raw_audio:
             raise ValueError("--enable-spec-aug true needs features: use --input-strategy "
                              "PrecomputedFeatures or --on-the-fly-feats true")
         dataset = K2SpeechRecognitionDataset(

@@ -14,6 +14,12 @@ With a KD teacher the student's forward returns its ``TransducerOutputs``
 (through the DDP wrapper, which keeps gradient synchronisation intact), and
 ``compute_loss`` adds ``kd_scale * (L_PKD + kd_sampling_scale * L_samp)``
 (see :mod:`icefall_spkd.teacher`).
+
+Teacher input (``--kd-teacher-input``): by default SpecAugment runs in the
+data loader, so teacher and student see the same augmented features. With
+``clean`` the loader returns clean features, ``params.student_spec_augment``
+holds the SpecAugment module, and :func:`compute_loss` gives the teacher the
+clean features and the student an augmented copy (training batches only).
 """
 
 from __future__ import annotations
@@ -63,6 +69,15 @@ def _feature_lens(batch: Dict[str, Any], device: torch.device) -> torch.Tensor:
     return out.to(device)
 
 
+def _supervision_segments(batch: Dict[str, Any]) -> Optional[torch.Tensor]:
+    """``(S, 3)`` int32 rows ``(sequence_idx, start_frame, num_frames)``, as lhotse's dataset makes them."""
+    sup = batch["supervisions"]
+    if any(sup.get(k) is None for k in ("sequence_idx", "start_frame", "num_frames")):
+        return None
+    cols = [torch.as_tensor(sup[k]) for k in ("sequence_idx", "start_frame", "num_frames")]
+    return torch.stack(cols, dim=1).to(torch.int32)
+
+
 def _texts_in_input_order(batch: Dict[str, Any]) -> List[str]:
     """Supervision texts in the order of ``batch['inputs']`` rows."""
     sup = batch["supervisions"]
@@ -104,6 +119,11 @@ def compute_loss(
       teacher: the frozen KD teacher (None: plain training); needs the
         ``kd_*`` params (see :mod:`icefall_spkd.teacher`).
       kd_generator: random generator of the KD samplers / sampled node weights.
+
+    ``params.student_spec_augment`` (optional): a SpecAugment applied, in
+    training only, to the student's copy of the features; the teacher gets
+    the batch's features as they are (see the module docstring).
+
     Returns:
       ``(loss, info)``: ``loss`` is summed over the utterances; ``info`` holds
       summed ``loss``, ``simple_loss``, ``pruned_loss`` and the count ``frames``
@@ -116,6 +136,10 @@ def compute_loss(
     if x.ndim != 3:
         raise ValueError(f"batch['inputs'] must be (N, T, F), got shape {tuple(x.shape)}")
     x_lens = _feature_lens(batch, device)
+    x_student = x
+    augment = params.get("student_spec_augment") if is_training else None
+    if augment is not None:
+        x_student = augment(x, supervision_segments=_supervision_segments(batch))
     texts = _texts_in_input_order(batch)
     y = params.sp.encode(texts, out_type=int)
 
@@ -126,11 +150,11 @@ def compute_loss(
         fwd_kwargs = dict(prune_range=params.prune_range, am_scale=params.am_scale, lm_scale=params.lm_scale)
         if teacher is None:
             with autocast_context(params, device):
-                simple_loss, pruned_loss = model(x, x_lens, y, **fwd_kwargs)
+                simple_loss, pruned_loss = model(x_student, x_lens, y, **fwd_kwargs)
         else:
             # Through model(...) so that a DDP wrapper sees the forward.
             with autocast_context(params, device):
-                student_out = model(x, x_lens, y, return_outputs=True, **fwd_kwargs)
+                student_out = model(x_student, x_lens, y, return_outputs=True, **fwd_kwargs)
             simple_loss, pruned_loss = student_out.simple_loss, student_out.pruned_loss
         s_scale, p_scale = loss_scales(params, params.batch_idx_train, is_training)
         loss = s_scale * simple_loss + p_scale * pruned_loss

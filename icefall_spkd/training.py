@@ -324,7 +324,16 @@ def run(rank: int, world_size: int, args: Any, dist_env: Optional[DistEnv] = Non
         )
 
     valid_cuts = datamodule.dev_cuts()
-    train_dl = datamodule.train_dataloaders(train_cuts, sampler_state_dict=sampler_state)
+    augment_in_step = teacher is not None and params.get("kd_teacher_input", "augmented") == "clean"
+    if augment_in_step:
+        params.student_spec_augment = datamodule.spec_augment()  # None without --enable-spec-aug
+        logging.info(
+            "KD teacher input: clean features; SpecAugment "
+            + ("applied to the student's copy in the training step" if params.student_spec_augment else "off")
+        )
+    train_dl = datamodule.train_dataloaders(
+        train_cuts, sampler_state_dict=sampler_state, spec_augment_in_loader=not augment_in_step
+    )
     valid_dl = datamodule.valid_dataloaders(valid_cuts)
     shard = getattr(train_dl, "sampler", None)
     logging.info(

@@ -390,6 +390,21 @@ def test_decode_and_export(corpus: Path, trained: Path, tmp_path: Path) -> None:
     assert outs[0] == outs[1]
 
 
+@pytest.mark.slow
+def test_kd_teacher_input_clean_runs(corpus: Path, trained: Path, tmp_path: Path) -> None:
+    """--kd-teacher-input clean: SpecAugment moves from the loader to the student's copy."""
+    exp = tmp_path / "kd"
+    args = _train_args(
+        corpus, exp, "--num-epochs", "1", "--teacher-checkpoint", str(trained / "epoch-2.pt"),
+        "--kd-loss", "pkd", "--kd-sampler", "none", "--kd-teacher-input", "clean",
+    )  # fmt: skip
+    _run("train.py", args, cwd=corpus)
+    log = "".join(f.read_text() for f in (exp / "log").glob("log-train*"))
+    assert "KD teacher input: clean features; SpecAugment applied to the student's copy" in log
+    assert "SpecAugment on, time warp factor" not in log  # not in the loader as well
+    assert (exp / "epoch-1.pt").is_file()
+
+
 def test_use_averaged_model_needs_epoch_above_avg(tmp_path: Path) -> None:
     from icefall_spkd.decoding import load_averaged_weights
     from icefall_spkd.utils import AttributeDict

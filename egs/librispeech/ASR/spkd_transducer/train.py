@@ -181,6 +181,14 @@ def get_parser() -> argparse.ArgumentParser:
         "(0: no clipping; the norm is logged either way).",
     )
     g.add_argument(
+        "--kd-teacher-input",
+        type=str,
+        default="augmented",
+        choices=["augmented", "clean"],
+        help="What the KD teacher sees: the SpecAugment-ed batch, as the student (augmented), "
+        "or the clean features, the student an augmented copy made in the training step (clean).",
+    )
+    g.add_argument(
         "--inf-check",
         type=str2bool,
         default=False,
