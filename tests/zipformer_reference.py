@@ -132,7 +132,8 @@ def _add_placeholders() -> list:
 
 @functools.cache
 def load_reference() -> types.SimpleNamespace:
-    """The reference's modules: ``zipformer``, ``scaling``, ``optim``, ``subsampling``, ``model``.
+    """The reference's modules: ``zipformer``, ``scaling``, ``optim``, ``subsampling``,
+    ``model`` (from ``zipformer.modules``) and ``utils`` (``zipformer.utils``).
 
     Skips the calling test module (``pytest.skip(allow_module_level=True)``)
     only when the package is not installed.
@@ -149,6 +150,7 @@ def load_reference() -> types.SimpleNamespace:
             sys.modules["zipformer"] = pkg
         names = ("zipformer", "scaling", "optim", "subsampling", "model")
         mods = {n: importlib.import_module(f"zipformer.modules.{n}") for n in names}
+        mods["utils"] = importlib.import_module("zipformer.utils")
     finally:
         for name in added:
             sys.modules.pop(name, None)
