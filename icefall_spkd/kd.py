@@ -63,7 +63,6 @@ from torch import Tensor
 from icefall_spkd.kd_losses import (
     collapsed_kd_loss,
     frame_normalised,
-    full_lattice_kd_loss,
     full_ranges,
     kd_prune_ranges,
     masked_kl,
@@ -237,7 +236,7 @@ def _lattice_baseline_kd(teacher: Any, student: Any, rows: SequenceRows, opts: K
     zs = student.joiner_on_ranges(rows.s_enc, rows.s_dec, lattice)
     tau = opts.kd_temperature
     if opts.kd_loss == "full":
-        return full_lattice_kd_loss(zt, zs, boundary, tau, node_weights=weights)
+        return pruned_kd_loss(zt, zs, lattice, boundary, tau, node_weights=weights)
     return collapsed_kd_loss(zt, zs, rows.y, boundary, tau, teacher.blank_id, node_weights=weights)
 
 

@@ -3,9 +3,10 @@
 * :func:`pruned_kd_loss` - per-node forward ``KL(p_T || p_S) * tau^2`` over the
   full vocabulary on the nodes of a ``(B, T, R)`` window, masked, weighted,
   summed.
-* :func:`full_lattice_kd_loss` / :func:`collapsed_kd_loss` - the baselines of
-  Panchapagesan et al. (ICASSP 2021): full-vocabulary KL, or KL between the
-  3-class ``{y_(u+1), blank, rest}`` distributions, at every valid node.
+* the baselines of Panchapagesan et al. (ICASSP 2021) at every valid lattice
+  node: full-lattice KD is :func:`pruned_kd_loss` on the window
+  :func:`full_ranges` (every ``u``), and :func:`collapsed_kd_loss` is the KL
+  between the 3-class ``{y_(u+1), blank, rest}`` distributions.
 * :func:`node_weights_from_lattice` - ``uniform | sampled | posterior | viterbi``
   node weights on a window, normalised to one unit per frame.
 * :func:`kd_prune_ranges` / :func:`pruned_lattice_logprobs` - the backend's
@@ -56,7 +57,6 @@ from icefall_spkd.sampling import node_occupancy, sample_alignments, viterbi_ali
 __all__ = [
     "collapsed_kd_loss",
     "frame_normalised",
-    "full_lattice_kd_loss",
     "full_ranges",
     "kd_prune_ranges",
     "masked_kl",
@@ -189,26 +189,6 @@ def pruned_kd_loss(
 def full_ranges(B: int, T: int, U1: int, device: torch.device) -> Tensor:
     """``(B, T, U1)`` window holding every ``u`` of the lattice: ``ranges[b, t, u] = u``."""
     return torch.arange(U1, device=device).view(1, 1, U1).expand(B, T, U1).contiguous()
-
-
-def full_lattice_kd_loss(
-    teacher_logits_full: Tensor,
-    student_logits_full: Tensor,
-    boundary: Tensor,
-    temperature: float = 1.0,
-    node_weights: Optional[Tensor] = None,
-) -> Tensor:
-    """Full-lattice KD: full-vocabulary ``w * KL * tau^2`` at every valid node.
-
-    Logits are ``(B, T, U+1, V)`` indexed ``[b, t, u]``; valid nodes are
-    ``t < T_b``, ``u <= U_b``; ``node_weights`` ``(B, T, U+1)``, default 1
-    per valid node. Sum over nodes and batch.
-    """
-    B, T, U1, _ = teacher_logits_full.shape
-    ranges = full_ranges(B, T, U1, teacher_logits_full.device)
-    mask = window_mask(ranges, boundary)
-    kl = masked_kl(teacher_logits_full, student_logits_full, mask, temperature)
-    return _weighted_sum(kl, mask, node_weights, temperature)
 
 
 def _collapsed_logprobs(z: Tensor, next_tok: Tensor, blank_id: int) -> Tensor:

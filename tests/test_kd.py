@@ -13,7 +13,7 @@ from icefall_spkd import pruned_rnnt
 from icefall_spkd.kd import SequenceRows, compute_kd_losses, sequence_kd
 from icefall_spkd.kd_losses import (
     collapsed_kd_loss,
-    full_lattice_kd_loss,
+    full_ranges,
     node_weights_from_lattice,
     pruned_kd_loss,
     pruned_lattice_logprobs,
@@ -23,6 +23,12 @@ from icefall_spkd.sampling import node_occupancy
 # ---------------------------------------------------------------------------
 # references
 # ---------------------------------------------------------------------------
+
+
+def full_lattice_kd_loss(zt, zs, boundary, tau=1.0):
+    """Full-lattice KD, weight 1 per valid node: PKD with every u in the window."""
+    B, T, U1, _ = zt.shape
+    return pruned_kd_loss(zt, zs, full_ranges(B, T, U1, zt.device), boundary, tau)
 
 
 def kl_ref(zt: torch.Tensor, zs: torch.Tensor, tau: float) -> float:
@@ -406,15 +412,14 @@ def test_pkd_with_window_covering_every_node_equals_full_kd():
     enc, lens, y_padded, y_lens = _batch()
     t_out, s_out = _outputs(teacher, student, enc, enc, lens, y_padded, y_lens)
     U1 = y_padded.shape[1] + 1
-    full_ranges = torch.arange(U1).view(1, 1, U1).expand(3, enc.shape[1], U1).contiguous()
-    zt = teacher.joiner_on_ranges(enc, t_out.decoder_out, full_ranges).detach()
-    zs = student.joiner_on_ranges(enc, s_out.decoder_out, full_ranges).detach()
+    zt = _full_logits(teacher, enc, t_out.decoder_out)
+    zs = _full_logits(student, enc, s_out.decoder_out)
+    every_u = torch.arange(U1).view(1, 1, U1).expand(3, enc.shape[1], U1)
     expected = 0.0
     for b in range(3):
         bnd = t_out.boundary[b : b + 1]
-        expected += full_lattice_kd_loss(zt[b : b + 1], zs[b : b + 1], bnd, 2.0).item() / (
-            int(y_lens[b]) + 1
-        )
+        kl_sum = loop_pruned_kd(zt[b : b + 1], zs[b : b + 1], every_u[b : b + 1], bnd, 2.0)
+        expected += kl_sum / (int(y_lens[b]) + 1)
     for which in ("teacher", "student"):
         params = _params(kd_prune_range=U1 + 2, kd_temperature=2.0, kd_ranges=which)
         out = compute_kd_losses(teacher, student, t_out, s_out, y_padded, y_lens, params)
