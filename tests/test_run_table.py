@@ -208,7 +208,8 @@ def test_pkd_control_and_per_row_lambdas_reach_train_py(run_table, monkeypatch, 
     for key, lam in [("pkd", "4.0"), ("spkd-n2", "1.0"), ("pkd-eq", "1.5"), ("spkd-n4", "0.5")]:
         (tmp_path / key).mkdir()
         cmd = _train_cmd(run_table, monkeypatch, tmp_path / key, key,
-                         ["--kd-sampling-scale", "0.5", "--row-kd-scale", "pkd=4,spkd-n2=1"])  # fmt: skip
+                         ["--kd-scale", "0.5", "--kd-sampling-scale", "0.5",
+                          "--row-kd-scale", "pkd=4,spkd-n2=1"])  # fmt: skip
         assert _flag(cmd, "--kd-scale") == lam, key
     bad = run_table.get_parser().parse_args(["--row-kd-scale", "pkd-eq=3"])
     with pytest.raises(SystemExit, match="spkd-n2's"):
