@@ -237,7 +237,9 @@ def _lattice_baseline_kd(teacher: Any, student: Any, rows: SequenceRows, opts: K
     tau = opts.kd_temperature
     if opts.kd_loss == "full":
         return pruned_kd_loss(zt, zs, lattice, boundary, tau, node_weights=weights)
-    return collapsed_kd_loss(zt, zs, rows.y, boundary, tau, teacher.blank_id, node_weights=weights)
+    return collapsed_kd_loss(
+        zt, zs, rows.y, boundary, tau, blank_id=teacher.blank_id, node_weights=weights
+    )
 
 
 def sequence_kd(

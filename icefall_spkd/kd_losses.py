@@ -216,14 +216,9 @@ def _collapsed_logprobs(z: Tensor, next_tok: Tensor, blank_id: int) -> Tensor:
 
 
 def collapsed_kd_loss(
-    teacher_logits_full: Tensor,
-    student_logits_full: Tensor,
-    y_padded: Tensor,
-    boundary: Tensor,
-    temperature: float = 1.0,
-    blank_id: int = 0,
-    node_weights: Optional[Tensor] = None,
-) -> Tensor:
+    teacher_logits_full: Tensor, student_logits_full: Tensor, y_padded: Tensor, boundary: Tensor,
+    temperature: float = 1.0, *, blank_id: int = 0, node_weights: Optional[Tensor] = None,
+) -> Tensor:  # fmt: skip
     """Collapsed ("efficient") KD: ``w * KL`` of ``{y_(u+1), blank, rest}`` at every valid node.
 
     Args:
