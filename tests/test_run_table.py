@@ -94,7 +94,7 @@ def test_jobs_run_the_teacher_first_then_every_student_once(run_table, monkeypat
     )
     monkeypatch.setattr(run_table, "count_params", lambda d, e: 10)
     monkeypatch.setattr(run_table, "num_batches", lambda d, e: 5)
-    monkeypatch.setattr(run_table, "load_results", lambda root, order: [])
+    monkeypatch.setattr(run_table, "load_results", lambda root, order: {})
     monkeypatch.setattr(run_table, "summarise", lambda *a: None)
     monkeypatch.setattr(run_table, "render_markdown", lambda *a: "table")
     monkeypatch.setattr(run_table, "plot_chart", lambda *a: None)

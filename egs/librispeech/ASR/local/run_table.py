@@ -611,6 +611,9 @@ def main() -> None:
     if args.dry_run:
         return
     results = load_results(exp_root, order)
+    for key, runs in results.items():  # results made before "kd" was recorded (or reused ones):
+        for run in runs:  # settings.json / the reuse check guarantee these settings
+            run.setdefault("kd", row_kd_settings(key, vars(args), args.row_kd_scale) or None)
     results_md = args.results or exp_root / "RESULTS.md"
     results_md = results_md if results_md.is_absolute() else RECIPE / results_md
     chart = args.chart or results_md.with_suffix(".png")
