@@ -623,7 +623,11 @@ def main() -> None:
         summary = summarise(results, m, test_sets)
         detail = "test-clean" if "test-clean" in test_sets else test_sets[0]
         part = f"### {m}\n\n" + render_markdown(summary, order, test_sets, detail)
-        boot = bootstrap_section(args, exp_root, results, order, m)
+        boot = (
+            bootstrap_section(args, exp_root, results, order, m)
+            if args.bootstrap_set in test_sets
+            else ""
+        )
         parts.append(part + ("\n" + boot if boot else ""))
         if m == methods[0]:
             plot_chart(summary, order, test_sets, chart, f"{args.title}\n({m})")
