@@ -113,3 +113,31 @@ def test_spec_augment_applied_only_in_training(tiny_librispeech: Prepared, monke
     a, b = next(iter(on.train_dataloaders(cuts))), next(iter(off.train_dataloaders(cuts)))
     assert _ids(a) == _ids(b) and a["inputs"].shape == b["inputs"].shape
     assert not torch.equal(a["inputs"], b["inputs"])
+
+
+def test_spec_augment_can_move_out_of_the_loader(tiny_librispeech: Prepared, monkeypatch) -> None:
+    """spec_augment_in_loader=False (--kd-teacher-input clean): clean batches, the module returned apart."""
+    monkeypatch.chdir(tiny_librispeech.workdir)
+    cuts = _train_cuts(tiny_librispeech)
+    flags = ("--shuffle", "false", "--drop-last", "false")
+    on = make_dm(tiny_librispeech.workdir, *flags)
+    off = make_dm(tiny_librispeech.workdir, *flags, "--enable-spec-aug", "false")
+    a = next(iter(on.train_dataloaders(cuts, spec_augment_in_loader=False)))
+    b = next(iter(off.train_dataloaders(cuts)))
+    assert _ids(a) == _ids(b) and torch.equal(a["inputs"], b["inputs"])
+    assert on.spec_augment() is not None and off.spec_augment() is None
+
+
+def test_librispeech_dev_halves_are_decoding_sets(tiny_librispeech: Prepared, monkeypatch) -> None:
+    """dev-clean and dev-other decode on their own (icefall's names); dev is their union."""
+    monkeypatch.chdir(tiny_librispeech.workdir)
+    dm = make_dm(tiny_librispeech.workdir)
+    clean = dm.decoding_cuts("dev-clean").to_eager()
+    other = dm.decoding_cuts("dev-other").to_eager()
+    assert len(clean) > 0 and len(other) > 0
+    assert sorted([*clean.ids, *other.ids]) == sorted(dm.dev_cuts().to_eager().ids)
+    assert sorted(dm.dev_clean_cuts().ids) == sorted(clean.ids)
+    with pytest.raises(ValueError, match="Unknown decoding set 'dev_clean'"):
+        dm.decoding_cuts("dev_clean")
+    with pytest.raises(FileNotFoundError, match="synthetic corpus has 'dev'"):
+        make_dm(tiny_librispeech.workdir / "nowhere").decoding_cuts("dev-other")
