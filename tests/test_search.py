@@ -113,6 +113,25 @@ def _norm(tokens: tuple[int, ...], log_prob: float, length_norm: bool) -> float:
     return log_prob / max(len(tokens), 1) if length_norm else log_prob
 
 
+def _assert_exact(
+    nbest: list[tuple[list[int], float]], best: list[int], ref: dict[tuple[int, ...], float], length_norm: bool
+) -> None:
+    """A search's n-best list and pick for one utterance equal the enumerated ``ref``."""
+    got = {tuple(y): lp for y, lp in nbest}
+    assert len(got) == len(nbest), "duplicate sequences in the n-best list"
+    assert set(got) == set(ref)
+    for y, lp in ref.items():
+        assert got[y] == pytest.approx(lp, abs=1e-4), y
+    # Total probability over all sequences is 1.
+    assert torch.logsumexp(torch.tensor(list(got.values())), 0).item() == pytest.approx(0.0, abs=1e-4)
+    # Best pick and the n-best order follow the documented normalisation.
+    ref_best = max(ref, key=lambda y: _norm(y, ref[y], length_norm))
+    assert tuple(best) == ref_best
+    assert tuple(nbest[0][0]) == ref_best
+    keys = [_norm(tuple(y), lp, length_norm) for y, lp in nbest]
+    assert keys == sorted(keys, reverse=True)
+
+
 @pytest.mark.parametrize("context_size", [1, 2])
 def test_beam1_equals_greedy(context_size: int) -> None:
     vocab_size, dim = 9, 8
@@ -144,21 +163,7 @@ def test_wide_beam_matches_exhaustive_enumeration(context_size: int) -> None:
         for b, n in enumerate(lens_list):
             ref = _enumerate_sequences(model, enc[b, :n], vocab_size)
             assert len(ref) == sum((vocab_size - 1) ** k for k in range(n + 1))
-            got = {tuple(y): lp for y, lp in nbest[b]}
-            assert len(got) == len(nbest[b]), "duplicate sequences in the n-best list"
-            assert set(got) == set(ref)
-            for y, lp in ref.items():
-                assert got[y] == pytest.approx(lp, abs=1e-4), y
-            # Total probability over all sequences is 1.
-            assert torch.logsumexp(torch.tensor(list(got.values())), 0).item() == pytest.approx(
-                0.0, abs=1e-4
-            )
-            # Best pick and the n-best order follow the documented normalisation.
-            ref_best = max(ref, key=lambda y: _norm(y, ref[y], length_norm))
-            assert tuple(best[b]) == ref_best
-            assert tuple(nbest[b][0][0]) == ref_best
-            keys = [_norm(tuple(y), lp, length_norm) for y, lp in nbest[b]]
-            assert keys == sorted(keys, reverse=True)
+            _assert_exact(nbest[b], best[b], ref, length_norm)
 
 
 def test_narrow_beam_scores_are_lower_bounds() -> None:
@@ -216,16 +221,7 @@ def test_beam_search_wide_beam_matches_exhaustive_enumeration(context_size: int,
         for b, n in enumerate(lens_list):
             ref = _enumerate_sequences(model, enc[b, :n], vocab_size, max_sym=max_sym)
             assert len(ref) == sum((vocab_size - 1) ** k for k in range(max_sym * n + 1))
-            got = {tuple(y): lp for y, lp in nbest[b]}
-            assert len(got) == len(nbest[b]), "duplicate sequences in the n-best list"
-            assert set(got) == set(ref)
-            for y, lp in ref.items():
-                assert got[y] == pytest.approx(lp, abs=1e-4), y
-            assert torch.logsumexp(torch.tensor(list(got.values())), 0).item() == pytest.approx(
-                0.0, abs=1e-4
-            )
-            ref_best = max(ref, key=lambda y: _norm(y, ref[y], length_norm))
-            assert tuple(best[b]) == ref_best
+            _assert_exact(nbest[b], best[b], ref, length_norm)
     # Non-degenerate: the best hypotheses use more than one symbol on some frame.
     assert any(len(y) > n for y, n in zip(best, lens_list))
 
