@@ -250,6 +250,20 @@ def test_resume_from_checkpoint_reproduces_losses(corpus: Path, trained: Path, t
 
 
 @pytest.mark.slow
+def test_exp_dir_layout_as_icefall(trained: Path) -> None:
+    """epoch-N.pt, checkpoint-<batch>.pt, best-{train,valid}-loss.pt, log/log-train-<date>."""
+    names = {p.name for p in trained.iterdir()}
+    assert {"epoch-1.pt", "epoch-2.pt", "best-train-loss.pt", "best-valid-loss.pt", "log"} <= names
+    assert not [n for n in names if n.startswith("batch-")]  # no batch was skipped
+    logs = [p.name for p in (trained / "log").iterdir()]
+    assert logs and all(re.fullmatch(r"log-train-\d{4}(-\d\d){5}", n) for n in logs), logs
+    best = torch.load(trained / "best-valid-loss.pt", weights_only=False)
+    epoch = torch.load(trained / f"epoch-{best['best_valid_epoch']}.pt", weights_only=False)
+    for k, v in best["model"].items():
+        assert torch.equal(v, epoch["model"][k]), k
+
+
+@pytest.mark.slow
 def test_resume_from_epoch_reproduces_losses(corpus: Path, trained: Path, tmp_path: Path) -> None:
     full = trained
     resumed = tmp_path / "resumed"
