@@ -311,3 +311,25 @@ def test_fair_table_from_fake_runs(run_table, monkeypatch, tmp_path):
     boot = [ln for ln in lines if ln.startswith("| SP-KD (teacher sampler, N=2) | PKD")]
     assert "| 42, 43, 44 | 20 | -10.00 |" in boot[0]
     assert "| 42, 43, 44 | 20 | +0.00 | [+0.00, +0.00] |" in boot[1]
+
+
+def test_teacher_input_reaches_the_kd_rows_only(run_table, monkeypatch, tmp_path):
+    cmd = _train_cmd(run_table, monkeypatch, tmp_path, "pkd", ["--kd-teacher-input", "clean"])
+    assert _flag(cmd, "--kd-teacher-input") == "clean"
+    assert "--kd-teacher-input" not in _train_cmd(
+        run_table, monkeypatch, tmp_path, "baseline", ["--kd-teacher-input", "clean"]
+    )
+    # runs made before the flag existed were made with the augmented teacher input:
+    # the teacher and baseline are reused for clean, the KD rows are not
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "settings.json").write_text('{"kd_scale": 2.0}')
+    for key in ("teacher", "baseline", "pkd"):
+        _finished_run(src, key, 42)
+    args = run_table.get_parser().parse_args(["--kd-teacher-input", "clean"])
+    run_table.link_reusable_runs(args, dst, [("teacher", 42), ("baseline", 42), ("pkd", 42)], [src])
+    assert (dst / "teacher/seed-42").is_symlink() and (dst / "baseline/seed-42").is_symlink()
+    assert not (dst / "pkd/seed-42").exists()
+    args = run_table.get_parser().parse_args([])  # augmented, as the old runs
+    run_table.link_reusable_runs(args, dst, [("pkd", 42)], [src])
+    assert (dst / "pkd/seed-42").is_symlink()

@@ -134,6 +134,13 @@ def get_parser() -> argparse.ArgumentParser:
         help="a lambdas.json of local/tune_kd.py --rows (per-row lambdas tuned on dev); "
         "--row-kd-scale entries override it",
     )
+    p.add_argument(
+        "--kd-teacher-input",
+        choices=["augmented", "clean"],
+        default="augmented",
+        help="train.py --kd-teacher-input of the KD rows: the teacher sees the SpecAugment-ed "
+        "batch (augmented) or the clean features (clean)",
+    )
     p.add_argument("--bootstrap-set", default="test-clean", help="test set of the paired bootstrap")
     p.add_argument("--bootstrap-resamples", type=int, default=10000)
     p.add_argument("--bootstrap-seed", type=int, default=0)
@@ -227,7 +234,7 @@ def train(args, key: str, seed: int, exp_dir: Path, teacher_ckpt: Optional[Path]
         for k, v in row_kd_settings(key, vars(args), args.row_kd_scale).items():
             if v is not None:
                 cmd += [f"--{k.replace('_', '-')}", str(v)]
-        cmd += list(row.train_flags)
+        cmd += ["--kd-teacher-input", args.kd_teacher_input, *row.train_flags]
     cmd += shlex.split(args.train_args)
     t0 = time.time()
     _run(cmd, args.dry_run, exp_dir / "driver-train.log")
@@ -360,7 +367,7 @@ def provenance() -> str:
 # when they are the same as when it was made.
 RESULT_SETTINGS = (
     "seeds", "teacher_preset", "student_preset", "teacher_epochs", "num_epochs", "avg",
-    "max_duration", "bpe_model", *KD_SETTINGS, "row_kd_scale", "train_args",
+    "max_duration", "bpe_model", *KD_SETTINGS, "row_kd_scale", "kd_teacher_input", "train_args",
 )  # fmt: skip
 #: Settings that only set the KD rows' weights: a row compares the KD settings
 #: it gets from them (row_kd_settings), not their raw values.
@@ -377,9 +384,9 @@ def row_settings(key: str) -> tuple:
     row = TABLE_ROWS[key]
     skip = {"seeds"}
     if row.is_teacher:
-        skip |= {"student_preset", "num_epochs", *KD_WEIGHT_SETTINGS}
+        skip |= {"student_preset", "num_epochs", "kd_teacher_input", *KD_WEIGHT_SETTINGS}
     elif not row.uses_teacher:
-        skip |= {"teacher_preset", "teacher_epochs", *KD_WEIGHT_SETTINGS}
+        skip |= {"teacher_preset", "teacher_epochs", "kd_teacher_input", *KD_WEIGHT_SETTINGS}
     return tuple(k for k in RESULT_SETTINGS if k not in skip)
 
 
@@ -633,7 +640,14 @@ def main() -> None:
             plot_chart(summary, order, test_sets, chart, f"{args.title}\n({m})")
     table = "\n".join(parts)
     results_md.parent.mkdir(parents=True, exist_ok=True)
-    results_md.write_text(f"# {args.title}\n\n{provenance()}\n{table}\n")
+    kd_line = (
+        f"- KD rows: rho {args.kd_sampling_scale}, tau {args.kd_temperature}, "
+        f"R {args.kd_prune_range}, teacher input {args.kd_teacher_input}; lambda per row in "
+        "the table (`pkd-eq`: SP-KD N=2's lambda * (1 + rho))\n"
+        if any(TABLE_ROWS[k].uses_teacher for k in order)
+        else ""
+    )
+    results_md.write_text(f"# {args.title}\n\n{provenance()}{kd_line}\n{table}\n")
     print(table)
     logging.info(f"Wrote {results_md} and {chart}")
 

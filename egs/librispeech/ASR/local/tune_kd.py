@@ -133,7 +133,7 @@ def choose(current: Any, current_wer: float, candidates: Dict[Any, float], min_g
 
 def point_name(settings: Dict[str, Any]) -> str:
     """Directory name of a point, e.g. ``lambda0.5-rho1.0-tau1.0-R5-stau1.0``."""
-    return "-".join(f"{SHORT[k]}{settings[k]}" for k in KD_SETTINGS)
+    return "-".join(f"{SHORT.get(k, k)}{settings[k]}" for k in KD_SETTINGS)
 
 
 def run_table_command(
@@ -178,11 +178,11 @@ def render(
         "",
         f"- command (from egs/librispeech/ASR): `{' '.join(shlex.quote(a) for a in sys.argv)}`",
         f"- start point: the settings of `{args.base_root}`: "
-        + ", ".join(f"{SHORT[k]} {base_kd[k]}" for k in KD_SETTINGS),
+        + ", ".join(f"{SHORT.get(k, k)} {base_kd[k]}" for k in KD_SETTINGS),
         f"- a value replaces the current one only if it lowers dev WER by at least {args.min_gain} (absolute)",
         "",
         "| stage | setting | value | "
-        + " | ".join(SHORT[k] for k in KD_SETTINGS)
+        + " | ".join(SHORT.get(k, k) for k in KD_SETTINGS)
         + " | dev WER | ins | del | sub | adopted |",
         "|" + "---|" * (3 + len(KD_SETTINGS) + 5),
     ]
@@ -194,7 +194,7 @@ def render(
             + f" | {d['wer']:.2f} | {d['ins']} | {d['del']} | {d['sub']} | {'yes' if r['kept'] else ''} |"
         )
     flags = " ".join(f"--{k.replace('_', '-')} {chosen[k]}" for k in KD_SETTINGS)
-    lines += ["", f"Chosen: {', '.join(f'{SHORT[k]} {chosen[k]}' for k in KD_SETTINGS)}", "",
+    lines += ["", f"Chosen: {', '.join(f'{SHORT.get(k, k)} {chosen[k]}' for k in KD_SETTINGS)}", "",
               f"run_table.py options: `{flags}`", ""]  # fmt: skip
     return "\n".join(lines)
 
@@ -258,7 +258,7 @@ def render_lambdas(
         f"- grid: {args.lambda_grid} for every row, widened by x{args.widen_factor:g} past an "
         f"edge holding the best value (at most {args.max_widen} times per row)",
         "- other KD settings, from `" + str(args.base_root) + "`: "
-        + ", ".join(f"{SHORT[k]} {base_kd[k]}" for k in KD_SETTINGS if k != "kd_scale"),
+        + ", ".join(f"{SHORT.get(k, k)} {base_kd[k]}" for k in KD_SETTINGS if k != "kd_scale"),
         "- dev only: no test set is decoded",
         "",
         "| method | " + " | ".join(f"λ {v:g}" for v in grid) + " | chosen λ | dev WER | S / D / I |",
