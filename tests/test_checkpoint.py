@@ -151,3 +151,31 @@ def test_find_and_remove_checkpoints(tmp_path: Path) -> None:
     ]
     remove_checkpoints(tmp_path, topk=2)
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-300.pt", "checkpoint-4000.pt", "epoch-1.pt"]
+
+
+def test_epoch_avg_rules_as_icefall(tmp_path: Path) -> None:
+    """--epoch/--avg: plain mean of the last files (epochs before 1 left out), or the interval average."""
+    from icefall_spkd.decoding import load_averaged_weights
+    from icefall_spkd.utils import AttributeDict
+
+    cur = nn.Linear(1, 1, bias=False)
+    avg = nn.Linear(1, 1, bias=False).to(torch.float64)
+    # One batch per epoch, averaging period 1: the weight after epoch e is 10 * e.
+    for e in range(1, 4):
+        with torch.no_grad():
+            cur.weight.fill_(10.0 * e)
+        update_averaged_model(cur, avg, e, 1)
+        save_checkpoint(tmp_path / f"epoch-{e}.pt", cur, model_avg=avg,
+                        params={"batch_idx_train": e, "average_period": 1})
+
+    def weight(**kw) -> float:
+        params = AttributeDict(exp_dir=tmp_path, iter=0, **kw)
+        return load_averaged_weights(params)["weight"].item()
+
+    assert weight(epoch=3, avg=2, use_averaged_model=False) == pytest.approx(25.0)  # (20 + 30) / 2
+    assert weight(epoch=2, avg=5, use_averaged_model=False) == pytest.approx(15.0)  # epochs 1, 2 only
+    # Averaged model over epochs (1, 3]: the weights after epochs 2 and 3.
+    assert weight(epoch=3, avg=2, use_averaged_model=True) == pytest.approx(25.0)
+    assert weight(epoch=3, avg=1, use_averaged_model=True) == pytest.approx(30.0)
+    with pytest.raises(ValueError, match="needs --epoch > --avg"):
+        weight(epoch=3, avg=3, use_averaged_model=True)
