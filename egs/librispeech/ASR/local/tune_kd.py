@@ -334,7 +334,11 @@ def tune_lambdas(args, base: Dict[str, Any], tune_root: Path, run_point) -> None
     (tune_root / "TUNING.md").write_text(text)
     record = {
         "row_kd_scale": chosen,
-        "kd_settings": {k: v for k, v in base_kd.items() if k != "kd_scale"},
+        # what the lambdas hold for: run_table.py --kd-scales-from refuses other values
+        "kd_settings": {
+            **{k: v for k, v in base_kd.items() if k != "kd_scale"},
+            "kd_teacher_input": base.get("kd_teacher_input", "augmented"),
+        },
         "dev_wer": {r: {f"{v:g}": d["wer"] for v, d in devs[r].items()} for r in rows},
         "at_grid_edge": at_edge,
         "seed": args.seed,
