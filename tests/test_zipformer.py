@@ -360,3 +360,27 @@ def test_training_step_runs_and_batch_count_reaches_every_schedule():
         a, _ = model.forward_encoder(x, x_lens)
         b, _ = model.forward_encoder(x, x_lens)
     assert torch.equal(a, b)
+
+
+def test_decoder_contexts_agree_with_training_rows():
+    """Output u of the padded (training) decoder equals the one-step decoder on the last
+    context_size tokens of [blank] + y[:u], whether the context is left-padded with blanks
+    (this package's searches and KD code) or with -1 as icefall's searches do."""
+    ref = _perturbed_reference(dict(TINY, context_size=3))
+    mine = _load_through_file(ref, dict(TINY, context_size=3))
+    y = torch.tensor([[4, 8, 2, 6]])
+    sos_y = torch.cat([torch.zeros(1, 1, dtype=torch.int64), y], dim=1)  # [blank] + y
+    with torch.no_grad():
+        rows = mine.decoder(sos_y)  # (1, 5, D)
+        ref_rows = ref.decoder(sos_y)
+        for u in range(sos_y.shape[1]):
+            hist = sos_y[0, max(0, u - 2): u + 1].tolist()
+            ours = [0] * (3 - len(hist)) + hist  # blank-padded
+            icefalls = [-1] * (3 - len(hist)) + hist
+            a = mine.decoder(torch.tensor([ours]), need_pad=False)[0, 0]
+            b = mine.decoder(torch.tensor([icefalls]), need_pad=False)[0, 0]
+            c = ref.decoder(torch.tensor([icefalls]), need_pad=False)[0, 0]
+            torch.testing.assert_close(a, rows[0, u], rtol=0, atol=1e-5)
+            torch.testing.assert_close(b, rows[0, u], rtol=0, atol=1e-5)
+            torch.testing.assert_close(c, ref_rows[0, u], rtol=0, atol=1e-5)
+    assert (rows - ref_rows).abs().max().item() < 1e-4

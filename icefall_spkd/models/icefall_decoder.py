@@ -9,6 +9,16 @@ path's) in three ways that change its values with icefall's weights:
 * the ReLU is applied only after the context convolution (none when
   ``context_size == 1``).
 
+Contexts for ``need_pad=False`` (one output from the last ``context_size``
+tokens): icefall's searches start a hypothesis as ``[-1] * (c - 1) + [blank]``;
+this package's searches, samplers and KD code left-pad with blanks instead
+(``[blank] * c``), which the Conformer's decoder cannot tell apart (its blank
+and -1 both embed to zero). So that both conventions give the value training
+used (zero-vector history, then the start-of-sequence blank), a blank that is
+followed by another blank in a context counts as history padding (-1). Real
+hypotheses never contain blank as a token, so icefall-style contexts are
+unchanged by this.
+
 In training two Balancers (probability 0.05) keep the embedding and output
 magnitudes in range, as in icefall. Parameters: ``embedding.weight`` and
 ``conv.weight`` (groups ``decoder_dim // 4``, no bias).
@@ -21,6 +31,20 @@ from torch import Tensor, nn
 
 from .decoder import Decoder
 from .scaling import Balancer
+
+
+def blank_padding_to_icefall(contexts: Tensor, blank_id: int) -> Tensor:
+    """Blank-padded decoder contexts (N, c) -> icefall's: a blank followed by a blank becomes -1.
+
+    ``[0, 0] -> [-1, 0]``, ``[0, 0, 0] -> [-1, -1, 0]``, ``[0, 5] -> [0, 5]``.
+    """
+    is_blank = contexts == blank_id
+    pad = is_blank[:, :-1] & is_blank[:, 1:]
+    if not bool(pad.any()):
+        return contexts
+    out = contexts.clone()
+    out[:, :-1] = out[:, :-1].masked_fill(pad, -1)
+    return out
 
 
 class IcefallDecoder(Decoder):
@@ -52,6 +76,8 @@ class IcefallDecoder(Decoder):
         """y (N, U) int64 (negative ids embed to zero) -> (N, U, D); with ``need_pad=False``
         ``U`` must be ``context_size`` and the result is (N, 1, D)."""
         y = y.long()
+        if not need_pad and self.context_size > 1:
+            y = blank_padding_to_icefall(y, self.blank_id)
         emb = self.embedding(y.clamp(min=0)) * (y >= 0).unsqueeze(-1).to(self.embedding.weight.dtype)
         emb = self.balancer(emb)
         if self.context_size == 1:
