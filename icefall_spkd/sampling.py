@@ -54,7 +54,7 @@ Choices made where the specification is silent:
 * Empty label sequences (``S_b = 0``) are allowed everywhere: the lattice is
   the single row ``u = 0`` and every node ``(0, t)``, ``t < T_b`` has
   occupancy 1. The KD code maps such a sequence onto a one-row window (see
-  :mod:`icefall_spkd.kd`); sampled sequences may be empty.
+  :mod:`icefall_spkd.kd_losses`); sampled sequences may be empty.
 * :func:`sample_sequences` treats only ``blank_id`` as "move on"; any other
   sampled id (``<unk>`` included) is appended, because that is what the
   distribution being sampled says. Frames ``t >= T_b`` never emit.
