@@ -83,7 +83,9 @@ class AsrDataModule:
             description="How the cuts are batched, augmented and loaded.",
         )
         g.add_argument("--manifest-dir", type=Path, default=Path("data/fbank"),
-                       help="directory with librispeech_cuts_<split>.jsonl.gz")
+                       help="directory with <cuts-prefix>_cuts_<split>.jsonl.gz")
+        g.add_argument("--cuts-prefix", type=str, default="librispeech",
+                       help="reads <prefix>_cuts_<split>.jsonl.gz (aishell for egs/aishell/ASR)")
         g.add_argument("--max-duration", type=float, default=200.0,
                        help="maximum total audio seconds in a batch")
         g.add_argument("--bucketing-sampler", type=str2bool, default=True,
@@ -112,7 +114,8 @@ class AsrDataModule:
 
     # ------------------------------------------------------------ cuts
     def _load(self, split: str) -> CutSet:
-        path = Path(self.args.manifest_dir) / f"librispeech_cuts_{split}.jsonl.gz"
+        prefix = getattr(self.args, "cuts_prefix", "librispeech")
+        path = Path(self.args.manifest_dir) / f"{prefix}_cuts_{split}.jsonl.gz"
         if not path.is_file():
             hint = (
                 " (dev-clean and dev-other are LibriSpeech's; the synthetic corpus has 'dev')"
@@ -120,7 +123,7 @@ class AsrDataModule:
                 else ""
             )
             raise FileNotFoundError(
-                f"{path} is missing: run egs/librispeech/ASR/prepare.sh (from that directory), "
+                f"{path} is missing: run egs/{prefix}/ASR/prepare.sh (from that directory), "
                 f"or point --manifest-dir at its data/fbank{hint}"
             )
         logging.info(f"About to get {split} cuts from {path}")

@@ -53,6 +53,7 @@ TEXT_NORMALIZED = "text_normalized"
 RESAMPLED = "resampled"
 DOWNMIXED = "downmixed"
 TOO_MANY_CHARS_PER_SEC = "too_many_chars_per_sec"
+UNSUPPORTED_CHARACTERS = "unsupported_characters"
 UNK_TOKEN = "unk_token"
 MORE_TOKENS_THAN_FRAMES = "more_tokens_than_frames"
 
@@ -165,15 +166,23 @@ def convert_to_16k_mono(recording: Recording, out_dir: Path) -> Tuple[Recording,
 # ---------------------------------------------------------------- text
 
 
-def check_text(text: Optional[str]) -> Tuple[str, Optional[Issue]]:
+def check_text(
+    text: Optional[str], normalize: Callable[[str], str] = normalize_text
+) -> Tuple[str, Optional[Issue]]:
     """Normalise a transcript. Returns ``(normalised_text, issue_or_None)``.
 
+    ``normalize``: the corpus's normaliser (English: :func:`normalize_text`;
+    AISHELL: :func:`icefall_spkd.text_zh.normalize_zh`); a ``ValueError``
+    from it drops the utterance as ``unsupported_characters`` with its message.
     The issue's ``utt_id`` is left empty for the caller to fill in.
     An empty result means the utterance must be dropped.
     """
     if text is None or not str(text).strip():
         return "", Issue("", EMPTY_TRANSCRIPT, DROPPED, "transcript is empty")
-    norm = normalize_text(str(text))
+    try:
+        norm = normalize(str(text))
+    except ValueError as e:
+        return "", Issue("", UNSUPPORTED_CHARACTERS, DROPPED, str(e))
     if not norm:
         return "", Issue("", NON_TEXT_TRANSCRIPT, DROPPED, f"no words after normalisation: {text[:80]!r}")
     if norm != text:
@@ -197,6 +206,7 @@ def validate_part(
     max_chars_per_sec: float = 30.0,
     full_read: bool = True,
     num_jobs: int = 1,
+    normalize: Callable[[str], str] = normalize_text,
 ) -> Tuple[CutSet, List[Issue]]:
     """Check one corpus part; return the clean cuts (one per supervision) and the issues.
 
@@ -207,6 +217,7 @@ def validate_part(
         per second) are dropped as mismatched with their audio.
       full_read: decode all audio (recommended; see :func:`check_audio`).
       num_jobs: processes for the audio check.
+      normalize: the transcript normaliser (see :func:`check_text`).
     Returns:
       ``(cuts, issues)``; cut ids are the supervision (utterance) ids, each
       cut carries exactly one supervision whose text is normalised.
@@ -235,7 +246,7 @@ def validate_part(
             continue
         texts = {}
         for s in sups:
-            norm, issue = check_text(s.text)
+            norm, issue = check_text(s.text, normalize)
             if issue is not None:
                 issues.append(dataclasses.replace(issue, utt_id=s.id))
             if not norm:

@@ -249,7 +249,12 @@ def run(rank: int, world_size: int, args: Any, dist_env: Optional[DistEnv] = Non
     logging.info(f"Device: {device}")
 
     validate_kd_params(params)
-    sp = load_bpe(params)
+    if params.get("bpe_model") or not params.get("tokens"):
+        sp = load_bpe(params)
+    else:  # a character vocabulary (egs/aishell): --tokens data/lang_char/tokens.txt
+        from icefall_spkd.text_zh import load_char_tokenizer
+
+        sp = load_char_tokenizer(params)
     logging.info({k: v for k, v in params.items() if k != "sp"})
 
     model = build_model(params)

@@ -22,6 +22,7 @@ from torch import nn
 
 from .icefall_decoder import IcefallDecoder
 from .joiner import Joiner
+from .presets_aishell import AISHELL_VOCAB_SIZE, AISHELL_ZIPFORMER_PRESETS
 from .scaling import ScheduledFloat, scaled_linear, to_int_tuple
 from .subsampling import Conv2dSubsampling
 from .transducer import Transducer
@@ -108,6 +109,8 @@ ZIPFORMER_PRESETS: Dict[str, Dict[str, Any]] = {
         joiner_dim=64,
     ),
 }
+# The SP-KD authors' AISHELL-1 teacher and student (character vocabulary; presets_aishell.py).
+ZIPFORMER_PRESETS.update(AISHELL_ZIPFORMER_PRESETS)
 
 ParamsLike = Union[str, Mapping, argparse.Namespace]
 
@@ -254,10 +257,11 @@ def num_parameters(model: nn.Module) -> int:
 
 
 def zipformer_preset_table(vocab_size: Optional[int] = None) -> list:
-    """``[(preset, vocab_size, parameters)]``; BPE 50 for the synth presets, else 500 (or ``vocab_size``)."""
+    """``[(preset, vocab_size, parameters)]``; BPE 50 for the synth presets, AISHELL's 4,336
+    characters for the aishell ones, else 500 (or ``vocab_size``)."""
     rows = []
     for name in ZIPFORMER_PRESETS:
-        v = vocab_size or (50 if "synth" in name else 500)
+        v = vocab_size or (50 if "synth" in name else AISHELL_VOCAB_SIZE if "aishell" in name else 500)
         with torch.device("meta"):
             model = build_zipformer_model({"model_preset": name, "vocab_size": v})
         rows.append((name, v, num_parameters(model)))

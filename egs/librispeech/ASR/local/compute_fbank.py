@@ -11,7 +11,8 @@ and writes ``<output-dir>/librispeech_cuts_<part>.jsonl.gz`` plus the arrays in
 ``--combine NAME=P1,P2`` then writes ``librispeech_cuts_NAME.jsonl.gz`` as the
 concatenation of those parts' feature cuts (LibriSpeech's train/dev).
 kaldifeat is used when it imports, else lhotse.Fbank with identical settings
-(see icefall_spkd/features.py). A part whose output exists is skipped.
+(see icefall_spkd/features.py). A part whose output exists is skipped. ``--prefix aishell`` (egs/aishell/ASR)
+reads and writes ``aishell_*`` files instead of ``librispeech_*``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
     p.add_argument("--output-dir", type=Path, default=Path("data/fbank"))
     p.add_argument("--parts", nargs="+", required=True)
+    p.add_argument("--prefix", default="librispeech",
+                   help="file name prefix: <prefix>_cuts_<part>... (aishell for egs/aishell)")
     p.add_argument("--input-suffix", default="_filtered",
                    help="reads librispeech_cuts_<part><suffix>.jsonl.gz from --manifest-dir")
     p.add_argument("--combine", nargs="*", default=[], metavar="NAME=P1,P2",
@@ -65,8 +68,8 @@ def compute_part(args: argparse.Namespace, part: str, executor: Optional[Process
     Skipped when the output exists and is newer than its input manifest (like
     make), so features are recomputed after the corpus or the checks change.
     """
-    out = args.output_dir / f"librispeech_cuts_{part}.jsonl.gz"
-    src = args.manifest_dir / f"librispeech_cuts_{part}{args.input_suffix}.jsonl.gz"
+    out = args.output_dir / f"{args.prefix}_cuts_{part}.jsonl.gz"
+    src = args.manifest_dir / f"{args.prefix}_cuts_{part}{args.input_suffix}.jsonl.gz"
     if not src.is_file():
         raise FileNotFoundError(f"{src} is missing: run the data-check stages of prepare.sh first")
     if out.is_file() and out.stat().st_mtime >= src.stat().st_mtime:
@@ -83,7 +86,7 @@ def compute_part(args: argparse.Namespace, part: str, executor: Optional[Process
     logging.info(f"[{part}] {len(cuts)} cuts with {type(extractor).__name__}, nj={args.nj}")
     with_feats = cuts.compute_and_store_features(
         extractor=extractor,
-        storage_path=args.output_dir / f"librispeech_feats_{part}",
+        storage_path=args.output_dir / f"{args.prefix}_feats_{part}",
         num_jobs=args.nj,
         executor=executor,
         storage_type=LilcomChunkyWriter,
@@ -118,8 +121,8 @@ def main() -> None:
         if executor is not None:
             executor.shutdown()
     for name, parts in parse_combine(args.combine).items():
-        out = args.output_dir / f"librispeech_cuts_{name}.jsonl.gz"
-        srcs = [args.output_dir / f"librispeech_cuts_{p}.jsonl.gz" for p in parts]
+        out = args.output_dir / f"{args.prefix}_cuts_{name}.jsonl.gz"
+        srcs = [args.output_dir / f"{args.prefix}_cuts_{p}.jsonl.gz" for p in parts]
         missing = [s for s in srcs if not s.is_file()]
         if missing:
             raise FileNotFoundError(f"cannot build {out}: {missing} missing (add them to --parts)")

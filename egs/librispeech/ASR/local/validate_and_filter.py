@@ -10,6 +10,11 @@ Pass 2 (``--pass tokens``), for each part, with every ``data/lang_bpe_<N>``:
   writes  data/manifests/librispeech_cuts_<part>_filtered.jsonl.gz
           filter_report_<part>.tsv (its own rows replaced, pass-1 rows kept)
 
+``--prefix aishell --language zh`` (egs/aishell/ASR/prepare.sh) reads and
+writes ``aishell_*`` files, normalises transcripts with
+icefall_spkd/text_zh.py and takes ``data/lang_char`` (a character
+``tokens.txt``) in ``--lang-dirs``.
+
 Parts whose name starts with ``test`` keep token-level problems (reported,
 action ``kept``) so that test sets stay complete; other parts drop them.
 See icefall_spkd/data_checks.py for the reasons and actions.
@@ -20,7 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import List
+from typing import Callable, List, Tuple
 
 from lhotse import CutSet, load_manifest, load_manifest_lazy
 
@@ -33,6 +38,7 @@ from icefall_spkd.data_checks import (
     write_if_changed,
     write_report,
 )
+from icefall_spkd.text import normalize_text
 from icefall_spkd.utils import str2bool
 
 
@@ -41,13 +47,19 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--pass", dest="which", choices=["audio-text", "tokens"], required=True)
     p.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
     p.add_argument("--parts", nargs="+", required=True)
+    p.add_argument("--prefix", default="librispeech",
+                   help="manifest name prefix: <prefix>_recordings_<part>.jsonl.gz ... (aishell)")
+    p.add_argument("--language", choices=["en", "zh"], default="en",
+                   help="pass 1 transcript normaliser: en (LibriSpeech style, icefall_spkd/text.py) "
+                        "or zh (AISHELL, icefall_spkd/text_zh.py)")
     p.add_argument("--nj", type=int, default=1, help="processes for decoding audio (pass 1)")
     p.add_argument("--max-chars-per-sec", type=float, default=30.0,
                    help="pass 1: drop transcripts denser than this (non-space chars per second)")
     p.add_argument("--full-read", type=str2bool, default=True,
                    help="pass 1: decode all audio (false: check files and headers only)")
     p.add_argument("--lang-dirs", type=Path, nargs="*", default=[],
-                   help="pass 2: data/lang_bpe_<N> directories holding bpe.model")
+                   help="pass 2: data/lang_bpe_<N> directories holding bpe.model, or "
+                        "data/lang_char holding a character tokens.txt")
     p.add_argument("--speed-perturb", type=str2bool, default=False,
                    help="pass 2: count frames on the x1.1 speed-perturbed audio")
     return p.parse_args()
@@ -56,8 +68,8 @@ def get_args() -> argparse.Namespace:
 def audio_text_pass(args: argparse.Namespace, part: str) -> None:
     """Pass 1 for one part."""
     md = args.manifest_dir
-    rec_path = md / f"librispeech_recordings_{part}.jsonl.gz"
-    sup_path = md / f"librispeech_supervisions_{part}.jsonl.gz"
+    rec_path = md / f"{args.prefix}_recordings_{part}.jsonl.gz"
+    sup_path = md / f"{args.prefix}_supervisions_{part}.jsonl.gz"
     for p in (rec_path, sup_path):
         if not p.is_file():
             raise FileNotFoundError(f"{p} is missing: run the manifest stage of prepare.sh first")
@@ -68,39 +80,60 @@ def audio_text_pass(args: argparse.Namespace, part: str) -> None:
         max_chars_per_sec=args.max_chars_per_sec,
         full_read=args.full_read,
         num_jobs=args.nj,
+        normalize=_normalizer(args.language),
     )
     issues = read_report(md / f"prepare_issues_{part}.tsv") + issues
-    write_if_changed(cuts, md / f"librispeech_cuts_{part}_validated.jsonl.gz")
+    write_if_changed(cuts, md / f"{args.prefix}_cuts_{part}_validated.jsonl.gz")
     write_report(md / f"filter_report_{part}.tsv", issues)
     log_summary(part, issues, total=len(sups) + len(read_report(md / f"prepare_issues_{part}.tsv")),
                 kept=len(cuts))
 
 
-def tokens_pass(args: argparse.Namespace, part: str) -> None:
-    """Pass 2 for one part (every BPE model in --lang-dirs)."""
-    import sentencepiece as spm
+def _normalizer(language: str) -> Callable[[str], str]:
+    if language == "zh":
+        from icefall_spkd.text_zh import normalize_zh
 
+        return normalize_zh
+    return normalize_text
+
+
+def _tokenizer(lang: Path) -> Tuple[Callable, int]:
+    """``(encode, unk_id)`` of ``lang/bpe.model``, else of a character ``lang/tokens.txt``."""
+    if (lang / "bpe.model").is_file():
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(lang / "bpe.model"))
+        return sp.encode, sp.piece_to_id("<unk>")
+    if (lang / "tokens.txt").is_file() and not lang.name.startswith("lang_bpe"):
+        from icefall_spkd.text_zh import CharTokenizer
+
+        table = CharTokenizer(lang / "tokens.txt")
+        return table.encode, table.unk_id
+    raise FileNotFoundError(
+        f"{lang}/bpe.model (or, for a character vocabulary, {lang}/tokens.txt) is missing: "
+        "run the BPE/char stage of prepare.sh first")
+
+
+def tokens_pass(args: argparse.Namespace, part: str) -> None:
+    """Pass 2 for one part (every BPE model or character table in --lang-dirs)."""
     md = args.manifest_dir
-    src = md / f"librispeech_cuts_{part}_validated.jsonl.gz"
+    src = md / f"{args.prefix}_cuts_{part}_validated.jsonl.gz"
     if not src.is_file():
         raise FileNotFoundError(f"{src} is missing: run the validation stage of prepare.sh first")
     if not args.lang_dirs:
-        raise ValueError("--pass tokens needs --lang-dirs data/lang_bpe_<N> (train BPE first)")
+        raise ValueError("--pass tokens needs --lang-dirs data/lang_bpe_<N> or data/lang_char")
     cuts: CutSet = load_manifest_lazy(src).to_eager()
     total = len(cuts)
     drop = not part.startswith("test")
     all_issues: List = []
     for lang in args.lang_dirs:
-        model = lang / "bpe.model"
-        if not model.is_file():
-            raise FileNotFoundError(f"{model} is missing: run the BPE stage of prepare.sh first")
-        sp = spm.SentencePieceProcessor(model_file=str(model))
+        encode, unk_id = _tokenizer(lang)
         cuts, issues = check_tokens(
-            cuts, encode=sp.encode, unk_id=sp.piece_to_id("<unk>"), drop=drop,
+            cuts, encode=encode, unk_id=unk_id, drop=drop,
             max_speed_factor=1.1 if args.speed_perturb else 1.0, model_name=lang.name,
         )
         all_issues.extend(issues)
-    write_if_changed(cuts, md / f"librispeech_cuts_{part}_filtered.jsonl.gz")
+    write_if_changed(cuts, md / f"{args.prefix}_cuts_{part}_filtered.jsonl.gz")
     write_report(md / f"filter_report_{part}.tsv", all_issues, replace_reasons=TOKEN_REASONS)
     log_summary(part, all_issues, total=total, kept=len(cuts))
 
