@@ -466,7 +466,7 @@ class _FakeSP:
         return [[3] for _ in texts]
 
 
-def test_max_bad_batches_aborts_with_cut_ids(caplog) -> None:
+def test_max_bad_batches_aborts_with_cut_ids(caplog, tmp_path: Path) -> None:
     from icefall_spkd.optim import Eden, build_optimizer
     from icefall_spkd.training import TooManyBadBatches, get_params, train_one_epoch
 
@@ -474,7 +474,7 @@ def test_max_bad_batches_aborts_with_cut_ids(caplog) -> None:
     params.update(
         sp=_FakeSP(), prune_range=5, am_scale=0.0, lm_scale=0.25, simple_loss_scale=0.5,
         warm_step=10, use_fp16=False, use_bf16=False, max_bad_batches=2, average_period=100,
-        save_every_n=100, keep_last_k=1, log_interval=100, valid_interval=0, exp_dir=Path("."),
+        save_every_n=100, keep_last_k=1, log_interval=100, valid_interval=0, exp_dir=tmp_path,
     )
     model = _NanModel()
     opt = build_optimizer(model, lr=1e-3)
@@ -492,3 +492,4 @@ def test_max_bad_batches_aborts_with_cut_ids(caplog) -> None:
         )
     assert "bad-0" in caplog.text and "non-finite" in caplog.text
     assert torch.equal(model.w.detach(), torch.ones(1))  # no update from a bad batch
+    assert sorted(p.name for p in tmp_path.glob("batch-*.pt")) == ["batch-1-1.pt", "batch-1-2.pt"]

@@ -38,7 +38,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--tokens", type=str, default=None, help="data/lang_bpe_<N>/tokens.txt (icefall's convention)"
     )
     parser.add_argument(
-        "--bpe-model", type=str, default=None, help="Still accepted instead of --tokens: bpe.model"
+        "--bpe-model", type=str, default=None, help="Still accepted: bpe.model (used when given)"
     )
     parser.add_argument("--method", type=str, default="greedy_search", choices=DECODING_METHODS)
     parser.add_argument("--beam-size", type=int, default=4)
@@ -72,14 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     parser = get_parser()
     args = parser.parse_args(argv)
-    if (args.tokens is None) == (args.bpe_model is None):
-        parser.error("give one of --tokens data/lang_bpe_<N>/tokens.txt or --bpe-model")
+    if args.tokens is None and args.bpe_model is None:
+        parser.error("give --tokens data/lang_bpe_<N>/tokens.txt (or --bpe-model)")
 
     ckpt = _torch_load(args.checkpoint)
     if "params" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{args.checkpoint} is not a file written by export.py (needs 'model' and 'params')")
     params = AttributeDict(ckpt["params"])
-    if args.tokens is not None:
+    if args.bpe_model is None:  # as decode.py: --bpe-model is used when given
         sp = TokenTable(args.tokens)
         vocab_file, vocab_size = args.tokens, sp.vocab_size
     else:
