@@ -13,7 +13,9 @@ recipes train on (lhotse's ``prepare_aishell`` plus icefall's
 * all white space is removed (lhotse removes the word-segmentation spaces of
   ``aishell_transcript_v0.8.txt``; the units are characters);
 * punctuation (Unicode categories ``P*``: ``，。、！？“”《》`` and ASCII) is
-  removed: it is not spoken and AISHELL-1's transcripts carry none.
+  removed: it is not spoken and AISHELL-1's transcripts carry none. Signs
+  that are read aloud (``%`` is "百分之", ``@``, ``#``, ``&``, ...; see
+  :data:`SPOKEN_SIGNS`) are not punctuation here.
 
 What is left must be CJK ideographs or ``A``-``Z``. Anything else (digits,
 symbols such as ``%``, kana, Cyrillic, ...) is spoken as something the
@@ -36,6 +38,9 @@ from typing import Any, Dict, Iterable, List, Sequence, Union
 from icefall_spkd.decoding import TokenTable
 
 SPECIAL_TOKENS = ("<blk>", "<sos/eos>", "<unk>")
+
+#: Signs in Unicode's punctuation categories that are read aloud, so not removed.
+SPOKEN_SIGNS = frozenset("%‰‱#&@*/\\§")
 
 
 class UnsupportedText(ValueError):
@@ -68,7 +73,7 @@ def normalize_zh(text: str) -> str:
     bad: List[str] = []
     for ch in text:
         ch = _half_width(ch)
-        if ch.isspace() or unicodedata.category(ch).startswith("P"):
+        if ch.isspace() or (unicodedata.category(ch).startswith("P") and ch not in SPOKEN_SIGNS):
             continue
         if "a" <= ch <= "z":
             ch = ch.upper()

@@ -109,6 +109,13 @@ def get_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--exp-dir", type=Path, default=Path("spkd_transducer/exp"))
     g.add_argument("--bpe-model", type=str, default="data/lang_bpe_500/bpe.model")
+    g.add_argument(
+        "--tokens",
+        type=str,
+        default=None,
+        help="A character tokens.txt (<blk> = 0, <unk>), used when --bpe-model is empty; "
+        "egs/aishell/ASR sets it to data/lang_char/tokens.txt.",
+    )
     g.add_argument("--base-lr", type=float, default=3e-3, help="Peak learning rate (AdamW).")
     g.add_argument("--weight-decay", type=float, default=1e-6, help="AdamW weight decay.")
     g.add_argument(
@@ -200,8 +207,10 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = get_parser().parse_args(argv)
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> None:
+    """Parse ``argv`` with ``parser`` (default :func:`get_parser`; recipes such as
+    egs/aishell pass this parser with their own defaults) and train."""
+    args = (parser or get_parser()).parse_args(argv)
     args.exp_dir = Path(args.exp_dir)
     try:
         env = launch_from_environ()

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Decode AISHELL-1's dev and test sets; CER (every character a unit) is the metric.
+
+Usage (from egs/aishell/ASR)::
+
+    ./spkd_transducer/decode.py --epoch 30 --avg 9 --use-averaged-model true \\
+        --exp-dir spkd_transducer/exp_spkd --model-preset zipformer-aishell-student \\
+        --decoding-method modified_beam_search --beam-size 4 --test-sets dev test
+
+The options are those of egs/librispeech/ASR/spkd_transducer/decode.py, with
+AISHELL-1's defaults: ``--tokens data/lang_char/tokens.txt``,
+``--cuts-prefix aishell``, ``--test-sets dev test``,
+``--model-preset zipformer-aishell-student``. The same library code decodes
+(:mod:`icefall_spkd.decoding`); references and hypotheses are then split into
+characters, as icefall's AISHELL decode does, so ``recogs-*`` and ``errs-*``
+list characters and the error rate in ``errs-*`` and ``wer-summary-*`` (its
+WER and CER columns, equal here) is the CER. Files go to
+``<exp-dir>/<decoding-method>/`` under the LibriSpeech script's names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import aishell
+import torch
+
+from icefall_spkd.decoding import (
+    averaging_suffix,
+    decode_dataset,
+    load_model_weights,
+    load_vocabulary,
+    save_results,
+)
+from icefall_spkd.models.presets import build_model
+from icefall_spkd.training import get_params
+from icefall_spkd.utils import cpu_threads, num_parameters, setup_logger
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The LibriSpeech decoding parser with AISHELL-1's defaults."""
+    parser = aishell.load_librispeech("spkd_transducer/decode.py").get_parser()
+    parser.description = __doc__
+    parser.set_defaults(
+        tokens=aishell.TOKENS,
+        cuts_prefix=aishell.CUTS_PREFIX,
+        test_sets=list(aishell.DECODING_SETS),
+        model_preset=aishell.STUDENT_PRESET,
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Decode; returns ``{set: CER %}``."""
+    args = get_parser().parse_args(argv)
+    params = get_params()
+    params.update(vars(args))
+    params.exp_dir = Path(params.exp_dir)
+    test_sets = [s for item in params.test_sets for s in item.split(",") if s]
+    for s in test_sets:
+        if s not in aishell.DECODING_SETS:
+            raise SystemExit(f"Unknown test set {s!r} in --test-sets; AISHELL-1 has {aishell.DECODING_SETS}")
+    if params.max_sym_per_frame < 1:
+        raise SystemExit(f"--max-sym-per-frame must be >= 1, got {params.max_sym_per_frame}")
+
+    suffix, key = averaging_suffix(params), "greedy_search"
+    if params.decoding_method in ("beam_search", "modified_beam_search"):
+        suffix += f"-beam-size-{params.beam_size}"
+        key = f"beam_size_{params.beam_size}"
+    elif params.max_sym_per_frame > 1:
+        suffix += f"-max-sym-per-frame-{params.max_sym_per_frame}"
+    out_dir = params.exp_dir / params.decoding_method
+    setup_logger(out_dir / f"log-decode-{suffix}")
+    logging.info("Decoding started")
+
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    table = load_vocabulary(params)  # --tokens data/lang_char/tokens.txt
+    logging.info(params)
+    model = build_model(params)
+    logging.info(f"Number of model parameters: {num_parameters(model)}")
+    load_model_weights(model, params)
+    model.to(device).eval()
+
+    data = aishell.AishellAsrDataModule(args)
+    cers = {}
+    for name in test_sets:
+        dl = data.test_dataloaders(data.decoding_cuts(name))
+        results = aishell.char_results(decode_dataset(params, model, table, dl, desc=name))
+        cers[name], _ = save_results(params, name, results, out_dir, suffix, key)
+    summary = ", ".join(f"{k} {v:.2f}" for k, v in cers.items())
+    logging.info(f"Summary: {params.decoding_method} {suffix}: CER(%) {summary}")
+    logging.info("Done!")
+    return cers
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1 if torch.cuda.is_available() else cpu_threads())
+    torch.set_num_interop_threads(1)
+    main()
