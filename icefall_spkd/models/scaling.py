@@ -122,14 +122,41 @@ def set_batch_count(model: nn.Module, batch_count: float) -> None:
 # --------------------------------------------------------------------------- #
 # Activations
 # --------------------------------------------------------------------------- #
+def _swoosh_value(x: Tensor, offset: float, const: float) -> Tensor:
+    # softplus(x - offset) - 0.08 x - const, in three passes over memory.
+    return F.softplus(x - offset).add_(x, alpha=-0.08).sub_(const)
+
+
+class _SwooshFn(torch.autograd.Function):
+    """Swoosh with a hand-written backward, ``dy/dx = sigmoid(x - offset) - 0.08``:
+    about half the memory passes of autograd through softplus/mul/sub (CPU speed)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, offset: float, const: float) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.offset = offset
+        return _swoosh_value(x, offset, const)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        (x,) = ctx.saved_tensors
+        return torch.sigmoid(x - ctx.offset).sub_(0.08).mul_(g), None, None
+
+
+def _swoosh(x: Tensor, offset: float, const: float) -> Tensor:
+    if x.requires_grad and torch.is_grad_enabled():
+        return _SwooshFn.apply(x, offset, const)
+    return _swoosh_value(x, offset, const)
+
+
 def swoosh_l(x: Tensor) -> Tensor:
     """SwooshL: ``log(1 + e^(x-4)) - 0.08 x - 0.035``."""
-    return F.softplus(x - 4.0) - 0.08 * x - 0.035
+    return _swoosh(x, 4.0, 0.035)
 
 
 def swoosh_r(x: Tensor) -> Tensor:
     """SwooshR: ``log(1 + e^(x-1)) - 0.08 x - 0.313261687`` (zero at x = 0)."""
-    return F.softplus(x - 1.0) - 0.08 * x - 0.313261687
+    return _swoosh(x, 1.0, 0.313261687)
 
 
 class SwooshL(nn.Module):

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .scaling import (
@@ -65,9 +66,19 @@ class ConvNeXt(nn.Module):
         self.out_whiten = Whiten(num_groups=1, whitening_limit=5.0, prob=(0.025, 0.25), grad_scale=0.01)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: (N, C, T, F) -> same shape."""
-        y = self.pointwise_conv1(self.depthwise_conv(x))
-        y = self.pointwise_conv2(self.activation(self.hidden_balancer(y)))
+        """x: (N, C, T, F) -> same shape.
+
+        Computed channels-last: the depthwise conv on a channels_last tensor and
+        the two 1x1 convolutions as matrix products over the channel axis (the
+        same function; several times faster on CPU than NCHW 1x1 convolutions).
+        """
+        y = self.depthwise_conv(x.contiguous(memory_format=torch.channels_last))
+        y = y.permute(0, 2, 3, 1)  # (N, T, F, C), contiguous
+        p1, p2 = self.pointwise_conv1, self.pointwise_conv2
+        y = F.linear(y, p1.weight.flatten(1), p1.bias)
+        y = self.hidden_balancer(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        y = F.linear(self.activation(y), p2.weight.flatten(1), p2.bias)
+        y = y.permute(0, 3, 1, 2)  # (N, C, T, F) view
         if self.training:
             rate = float(self.layerdrop_rate)
             if rate != 0.0:
