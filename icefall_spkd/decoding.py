@@ -35,7 +35,11 @@ DECODING_METHODS = ("greedy_search", "beam_search", "modified_beam_search")
 
 
 def add_averaging_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--epoch``, ``--iter``, ``--avg``, ``--use-averaged-model``, ``--exp-dir``, ``--tokens``, ``--bpe-model``."""
+    """``--epoch``, ``--iter``, ``--avg``, ``--use-averaged-model``, ``--exp-dir`` and ``--bpe-model``.
+
+    ``--tokens`` is added by :func:`add_tokens_argument` (scripts that read a
+    token table their own way add their own).
+    """
     g = parser.add_argument_group("Checkpoint selection")
     g.add_argument("--epoch", type=int, default=30, help="Use the model after this epoch (1-based).")
     g.add_argument(
@@ -61,17 +65,21 @@ def add_averaging_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--exp-dir", type=Path, default=Path("spkd_transducer/exp"))
     g.add_argument(
-        "--tokens",
-        type=str,
-        default="data/lang_bpe_500/tokens.txt",
-        help="Token table ('<symbol> <id>' per line, <blk> = 0), e.g. data/lang_bpe_500/tokens.txt.",
-    )
-    g.add_argument(
         "--bpe-model",
         type=str,
         default=None,
         help="Still accepted instead of --tokens: the sentencepiece model of the same directory "
         "(used when given).",
+    )
+
+
+def add_tokens_argument(parser: argparse.ArgumentParser) -> None:
+    """``--tokens data/lang_bpe_500/tokens.txt`` (icefall's convention; see :func:`load_vocabulary`)."""
+    parser.add_argument(
+        "--tokens",
+        type=str,
+        default="data/lang_bpe_500/tokens.txt",
+        help="Token table ('<symbol> <id>' per line, <blk> = 0), e.g. data/lang_bpe_500/tokens.txt.",
     )
 
 

@@ -45,6 +45,7 @@ from icefall_spkd.data import DECODING_SETS, AsrDataModule
 from icefall_spkd.decoding import (
     DECODING_METHODS,
     add_averaging_arguments,
+    add_tokens_argument,
     averaging_suffix,
     decode_dataset,
     load_model_weights,
@@ -63,6 +64,7 @@ def get_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_averaging_arguments(parser)
+    add_tokens_argument(parser)
     g = parser.add_argument_group("Decoding")
     g.add_argument("--decoding-method", type=str, default="greedy_search", choices=DECODING_METHODS)
     g.add_argument(

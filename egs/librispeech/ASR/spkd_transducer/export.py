@@ -22,6 +22,7 @@ from pathlib import Path
 from icefall_spkd.checkpoint import atomic_torch_save
 from icefall_spkd.decoding import (
     add_averaging_arguments,
+    add_tokens_argument,
     load_model_weights,
     load_vocabulary,
     model_params_for_export,
@@ -36,6 +37,7 @@ def get_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_averaging_arguments(parser)
+    add_tokens_argument(parser)
     parser.add_argument("--output", type=Path, default=None, help="Default: <exp-dir>/pretrained.pt")
     add_model_arguments(parser)
     return parser
