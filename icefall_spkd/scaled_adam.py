@@ -345,6 +345,16 @@ class ScaledAdam(torch.optim.Optimizer):
             p.clamp_(-group["scalar_max"], group["scalar_max"])
         state["step"] = step + 1
 
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """torch's loader, then a check that the state is ScaledAdam's (ours or icefall's)."""
+        for st in state_dict.get("state", {}).values():
+            if st and not {"step", "exp_avg_sq", "delta"} <= set(st):
+                raise ValueError(
+                    f"optimizer state with keys {sorted(st)} is not ScaledAdam's (was the "
+                    "checkpoint written with another optimizer, e.g. --optimizer adamw?)"
+                )
+        super().load_state_dict(state_dict)
+
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """One update of every group (see the module docstring)."""

@@ -59,6 +59,7 @@ class Toy(nn.Module):
         a = (self.lin1(h) * self.gain + self.lin2(h) * self.gain2 + self.offset).tanh()
         c = self.conv(x).transpose(1, 2)  # (B, T - 2, 4)
         loss = (a - 0.3).pow(2).mean() + 0.05 * (0.2 * c @ self.big - 0.5).pow(2).mean()
+        loss = loss - 0.05 * self.big.pow(2).mean()  # drives big against param_max_rms
         loss = loss + 1e3 * (h[..., :3] @ self.tiny).mean() - 0.01 * self.push
         return loss
 
@@ -298,3 +299,16 @@ def test_stacked_parameters_write_back_and_untouched_grads() -> None:
     g = grads["lin2.weight"]
     expect = w - 0.1 * 0.045 * rms * g / (g.abs() + 1e-8)
     torch.testing.assert_close(model.lin2.weight.detach(), expect, rtol=1e-5, atol=1e-7)
+
+
+def test_rejects_another_optimizers_state() -> None:
+    """Resuming ScaledAdam from an AdamW checkpoint fails with a clear error."""
+    model = nn.Linear(3, 2)
+    adamw = build_optimizer(model, lr=1e-3)
+    model(torch.ones(1, 3)).sum().backward()
+    adamw.step()
+    opt = build_optimizer(model, lr=0.045, optimizer="scaled_adam")
+    state = adamw.state_dict()
+    state["param_groups"] = opt.state_dict()["param_groups"]
+    with pytest.raises(ValueError, match="not ScaledAdam's.*--optimizer adamw"):
+        opt.load_state_dict(state)
