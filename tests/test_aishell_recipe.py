@@ -233,20 +233,21 @@ def test_texts_vocabulary_and_features(prepared) -> None:
     assert "K" in symbols and "2" not in symbols and "こ" not in symbols
 
 
-def test_data_module_batch(prepared) -> None:
+def test_data_module_batch(prepared, monkeypatch: pytest.MonkeyPatch) -> None:
     from icefall_spkd.data import AsrDataModule
 
     work, _, _ = prepared
+    monkeypatch.chdir(work)  # the feature manifests hold paths relative to the recipe directory
     parser = argparse.ArgumentParser()
     AsrDataModule.add_arguments(parser)
     args = parser.parse_args(["--manifest-dir", str(work / "data" / "fbank"), "--cuts-prefix", "aishell",
                               "--num-workers", "0", "--max-duration", "100", "--enable-spec-aug", "false",
-                              "--num-buckets", "2"])
+                              "--bucketing-sampler", "false", "--drop-last", "false"])
     dm = AsrDataModule(args)
     batch = next(iter(dm.train_dataloaders(dm.train_cuts())))
     assert batch["inputs"].ndim == 3 and batch["inputs"].shape[2] == 80
     assert set(batch["supervisions"]["text"]) <= {c.supervisions[0].text for c in _fbank_cuts(work, "train")}
-    assert NORMALIZED_162 in batch["supervisions"]["text"] or len(batch["supervisions"]["text"]) < 7
+    assert batch["inputs"].shape[0] == 7 and NORMALIZED_162 in batch["supervisions"]["text"]
 
 
 # ------------------------------------------------------------------ training and decoding
@@ -276,8 +277,9 @@ def test_train_and_decode_with_characters(prepared) -> None:
                        "--enable-spec-aug", "false", "--lr-warmup-batches", "0"), cwd=work)
     assert (exp / "epoch-1.pt").is_file(), log
     train_log = "".join(f.read_text() for f in (exp / "log").glob("log-train*"))
-    vocab = len((work / "data" / "lang_char" / "tokens.txt").read_text(encoding="utf-8").splitlines())
-    assert f"'vocab_size': {vocab}" in train_log
+    lines = (work / "data" / "lang_char" / "tokens.txt").read_text(encoding="utf-8").splitlines()
+    symbols = [ln.split()[0] for ln in lines]
+    assert f"'vocab_size': {len(symbols)}" in train_log
     assert re.search(r"global_batch 2, batch_loss [0-9.]+", train_log), train_log[-2000:]
 
     _run(_script("decode.py", *common, "--epoch", "1", "--avg", "1", "--use-averaged-model", "false",
@@ -287,7 +289,7 @@ def test_train_and_decode_with_characters(prepared) -> None:
         suffix = f"{s}-epoch-1-avg-1"
         errs = (out / f"errs-{suffix}.txt").read_text(encoding="utf-8")
         summary = (out / f"wer-summary-{suffix}.txt").read_text(encoding="utf-8").splitlines()
-        # Characters are the units: recogs list characters; the CER is the edit distance over them.
+        # Units: reference characters and hypothesis tokens (a special symbol stays one unit).
         refs, hyps = [], []
         for line in (out / f"recogs-{suffix}.txt").read_text(encoding="utf-8").splitlines():
             m = re.match(r"\S+:\s+(ref|hyp)=(.*)$", line)
@@ -295,10 +297,15 @@ def test_train_and_decode_with_characters(prepared) -> None:
                 (refs if m.group(1) == "ref" else hyps).append(m.group(2).split())
         assert refs and all(len(u) == 1 for r in refs for u in r)
         assert {"".join(r) for r in refs} <= {"广州市房地产中介协会分析", "甚至出现交易几乎停滞的情况", "一是政策的落实问题"}
-        cer = 100 * sum(_edit_distance(r, h) for r, h in zip(refs, hyps)) / sum(len(r) for r in refs)
-        assert f"%CER = {cer:.2f} [" in errs, (cer, errs[:400])
+        assert {u for h in hyps for u in h} <= set(symbols)
+        n_ref = sum(len(r) for r in refs)
+        cer = 100 * sum(_edit_distance(r, h) for r, h in zip(refs, hyps)) / n_ref
+        char_cer = 100 * sum(_edit_distance(r, list("".join(h))) for r, h in zip(refs, hyps)) / n_ref
+        assert f"%WER = {cer:.2f} [" in errs, (cer, errs[:400])
+        assert f"%CER = {char_cer:.2f} [" in errs, (char_cer, errs[:400])
         header, row = summary[0].split("\t"), summary[1].split("\t")
-        assert float(row[header.index("CER")]) == pytest.approx(cer, abs=0.01)
+        assert float(row[header.index("WER")]) == pytest.approx(cer, abs=0.01)
+        assert float(row[header.index("CER")]) == pytest.approx(char_cer, abs=0.01)
 
 
 def test_scripts_parse(prepared) -> None:

@@ -23,6 +23,7 @@ if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
 from icefall_spkd.data import AsrDataModule  # noqa: E402
+from icefall_spkd.decoding import TokenTable  # noqa: E402
 
 LIBRISPEECH = REPO / "egs" / "librispeech" / "ASR"
 
@@ -61,10 +62,25 @@ class AishellAsrDataModule(AsrDataModule):
         return self._load("test")
 
 
+class SpacedTokens:
+    """``decode(ids)``: the symbols of a token table joined by spaces, so that
+    ``icefall_spkd.decoding.decode_dataset`` (which splits at spaces) keeps every
+    token, ``<unk>`` included, as one unit."""
+
+    def __init__(self, table: TokenTable) -> None:
+        self.table = table
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join(self.table.symbols[int(i)] for i in ids)
+
+
 def char_results(
     results: Sequence[Tuple[str, List[str], List[str]]],
 ) -> List[Tuple[str, List[str], List[str]]]:
-    """``(cut_id, ref, hyp)`` with every character a unit (spaces dropped), as icefall's
-    AISHELL decode writes them: the WER that ``icefall_spkd.wer`` computes on these is
-    the CER, and recogs/errs list characters."""
-    return [(i, list("".join(r)), list("".join(h))) for i, r, h in results]
+    """``(cut_id, ref, hyp)`` with characters as units, as icefall's AISHELL decode
+    writes them: references split into characters (spaces dropped), hypotheses as
+    the decoded tokens (from :class:`SpacedTokens`). The WER that
+    ``icefall_spkd.wer`` computes on these is the CER, and recogs/errs list
+    characters. (Its CER column counts the characters of each unit: the same
+    unless the model emits ``<unk>`` or ``<sos/eos>``.)"""
+    return [(i, list("".join(r)), list(h)) for i, r, h in results]

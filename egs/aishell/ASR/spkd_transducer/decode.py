@@ -11,10 +11,11 @@ The options are those of egs/librispeech/ASR/spkd_transducer/decode.py, with
 AISHELL-1's defaults: ``--tokens data/lang_char/tokens.txt``,
 ``--cuts-prefix aishell``, ``--test-sets dev test``,
 ``--model-preset zipformer-aishell-student``. The same library code decodes
-(:mod:`icefall_spkd.decoding`); references and hypotheses are then split into
-characters, as icefall's AISHELL decode does, so ``recogs-*`` and ``errs-*``
-list characters and the error rate in ``errs-*`` and ``wer-summary-*`` (its
-WER and CER columns, equal here) is the CER. Files go to
+(:mod:`icefall_spkd.decoding`); references are then split into characters and
+hypotheses into their tokens, as icefall's AISHELL decode does, so
+``recogs-*`` and ``errs-*`` list characters and the error rate in ``errs-*``
+and ``wer-summary-*`` (its WER and CER columns, equal unless the model emits
+``<unk>``) is the CER. Files go to
 ``<exp-dir>/<decoding-method>/`` under the LibriSpeech script's names.
 """
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     cers = {}
     for name in test_sets:
         dl = data.test_dataloaders(data.decoding_cuts(name))
-        results = aishell.char_results(decode_dataset(params, model, table, dl, desc=name))
+        results = aishell.char_results(decode_dataset(params, model, aishell.SpacedTokens(table), dl, desc=name))
         cers[name], _ = save_results(params, name, results, out_dir, suffix, key)
     summary = ", ".join(f"{k} {v:.2f}" for k, v in cers.items())
     logging.info(f"Summary: {params.decoding_method} {suffix}: CER(%) {summary}")
