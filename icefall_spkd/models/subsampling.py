@@ -33,6 +33,7 @@ from .scaling import (
     SwooshL,
     SwooshR,
     Whiten,
+    swoosh_l_then_linear,
 )
 
 
@@ -75,6 +76,9 @@ class ConvNeXt(nn.Module):
         y = self.depthwise_conv(x.contiguous(memory_format=torch.channels_last))
         y = y.permute(0, 2, 3, 1)  # (N, T, F, C), contiguous
         p1, p2 = self.pointwise_conv1, self.pointwise_conv2
+        if not self.training:
+            y = swoosh_l_then_linear(y, p1.weight.flatten(1), p1.bias, p2.weight.flatten(1), p2.bias)
+            return x + y.permute(0, 3, 1, 2)
         y = F.linear(y, p1.weight.flatten(1), p1.bias)
         y = self.hidden_balancer(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         y = F.linear(self.activation(y), p2.weight.flatten(1), p2.bias)
