@@ -51,7 +51,7 @@ from icefall_spkd.benchmarking import (
     summarize,
     time_call,
 )
-from icefall_spkd.models.presets import PRESETS, build_model, num_parameters
+from icefall_spkd.models.presets import PRESETS, ZIPFORMER_PRESETS, build_model, num_parameters
 from icefall_spkd.optim import build_optimizer
 
 FRAMES_PER_SECOND = 100
@@ -177,8 +177,8 @@ def get_parser() -> argparse.ArgumentParser:
         type=str,
         nargs="+",
         default=["tiny", "small", "medium", "large"],
-        choices=sorted(PRESETS),
-        help="Model presets to benchmark.",
+        choices=sorted(PRESETS) + sorted(ZIPFORMER_PRESETS),
+        help="Model presets to benchmark (Conformer or Zipformer, e.g. zipformer-aishell-teacher).",
     )
     parser.add_argument(
         "--max-duration-per-batch",
