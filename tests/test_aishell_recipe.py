@@ -200,6 +200,29 @@ def test_aishell_presets_match_the_authors_sizes() -> None:
 # ------------------------------------------------------------------ preparation
 
 
+def test_manifests_through_lhotse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """Without an unreadable wav lhotse's prepare_aishell itself runs; what it leaves out is listed."""
+    import importlib.util
+    import logging
+
+    from icefall_spkd.data_checks import read_report
+
+    make_tree(tmp_path / "download")
+    (tmp_path / "download/aishell/data_aishell/wav/train/S0003" / f"{utt('S0003', 163)}.wav").unlink()
+    spec = importlib.util.spec_from_file_location("prepare_aishell", RECIPE / "local" / "prepare_aishell.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "manifests"
+    monkeypatch.setattr(sys, "argv", ["prepare_aishell.py", "--corpus-dir", str(tmp_path / "download/aishell"),
+                                      "--output-dir", str(out)])
+    with caplog.at_level(logging.WARNING):
+        mod.main()
+    assert "file by file" not in caplog.text
+    got = {(p, i.utt_id): i.reason for p in ("train", "dev", "test") for i in read_report(out / f"prepare_issues_{p}.tsv")}
+    assert got == {("train", utt("S0002", 150)): "missing_audio", ("test", utt("S0900", 1)): "missing_audio",
+                   ("train", utt("S0003", 160)): "no_transcript", ("train", utt("S0003", 163)): "missing_audio"}
+
+
 def test_every_bad_entry_is_reported(prepared) -> None:
     work, transcript_ids, wav_ids = prepared
     reports = {p: _report(work, p) for p in ("train", "dev", "test")}
