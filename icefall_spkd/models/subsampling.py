@@ -77,8 +77,7 @@ class ConvNeXt(nn.Module):
         y = y.permute(0, 2, 3, 1)  # (N, T, F, C), contiguous
         p1, p2 = self.pointwise_conv1, self.pointwise_conv2
         if not self.training:
-            y = swoosh_l_then_linear(y, p1.weight.flatten(1), p1.bias, p2.weight.flatten(1), p2.bias)
-            return x + y.permute(0, 3, 1, 2)
+            return self.forward_eval_channels_last(x).permute(0, 3, 1, 2)
         y = F.linear(y, p1.weight.flatten(1), p1.bias)
         y = self.hidden_balancer(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         y = F.linear(self.activation(y), p2.weight.flatten(1), p2.bias)
@@ -92,6 +91,18 @@ class ConvNeXt(nn.Module):
         if self.training and x.requires_grad:
             x = self.out_whiten(x.transpose(1, 3)).transpose(1, 3)
         return x
+
+
+    def forward_eval_channels_last(self, x: Tensor) -> Tensor:
+        """Eval-mode output as an (N, T, F, C) contiguous tensor (x: (N, C, T, F), any layout)."""
+        xc = x.contiguous(memory_format=torch.channels_last)
+        y = self.depthwise_conv(xc).permute(0, 2, 3, 1)
+        p1, p2 = self.pointwise_conv1, self.pointwise_conv2
+        y = swoosh_l_then_linear(y, p1.weight.flatten(1), p1.bias, p2.weight.flatten(1), p2.bias)
+        return y.add_(xc.permute(0, 2, 3, 1))
+
+
+_SWOOSH_R_SHIFTED_CONST = 0.08 * 1.0 + 0.313261687  # swoosh_r(y) = softplus(t) - 0.08 t - this, t = y - 1
 
 
 class Conv2dSubsampling(nn.Module):
@@ -139,8 +150,33 @@ class Conv2dSubsampling(nn.Module):
         """x (N, T, F), x_lens (N,) -> (N, (T - 7) // 2, C), (x_lens - 7) // 2."""
         if x.shape[1] < 7:
             raise ValueError(f"input has {x.shape[1]} frames; the Zipformer front end needs >= 7 (about 9 for one output frame)")
+        if not self.training:
+            return self._forward_eval(x), torch.div(x_lens - 7, 2, rounding_mode="floor")
         x = self.convnext(self.conv(x.unsqueeze(1)))  # (N, C3, T', F')
         n, c, t, f = x.shape
         x = self.out(x.transpose(1, 2).reshape(n, t, c * f))
         x = self.dropout(self.out_norm(self.out_whiten(x)))
         return x, torch.div(x_lens - 7, 2, rounding_mode="floor")
+
+    def _forward_eval(self, x: Tensor) -> Tensor:
+        """The eval-mode function of :meth:`forward` in fewer passes over memory (CPU speed).
+
+        Each SwooshR's -1 shift goes into its convolution's bias and its constant
+        into the next (unpadded) convolution's bias; the ConvNeXt block runs
+        channels-last and the output projection reads (T, F, C)-ordered features
+        through a column-permuted weight. Same function up to float rounding.
+        """
+        c0, c1, c2 = self.conv[0], self.conv[4], self.conv[7]
+        k = _SWOOSH_R_SHIFTED_CONST
+
+        def act(t: Tensor) -> Tensor:  # swoosh_r(t + 1) + k
+            return F.softplus(t).add_(t, alpha=-0.08)
+
+        a = act(F.conv2d(x.unsqueeze(1), c0.weight, c0.bias - 1.0, padding=(0, 1)))
+        a = act(F.conv2d(a, c1.weight, c1.bias - 1.0 - k * c1.weight.sum(dim=(1, 2, 3)), stride=2))
+        t = F.conv2d(a, c2.weight, c2.bias - 1.0 - k * c2.weight.sum(dim=(1, 2, 3)), stride=(1, 2))
+        a = act(t).sub_(k)  # (N, C3, T', F')
+        y = self.convnext.forward_eval_channels_last(a)  # (N, T', F', C3)
+        n, t2, f, c = y.shape
+        w = self.out.weight.view(-1, c, f).transpose(1, 2).reshape(-1, f * c)
+        return self.out_norm(F.linear(y.reshape(n, t2, f * c), w, self.out.bias))
