@@ -31,8 +31,9 @@ STEPS = 60
 # clipped against the threshold of step 10 (median of 10 norms, where icefall's
 # median index 2 * (10 // 4) = 4 is not 10 // 2), step 45 against that of step 40.
 SPIKE_STEPS = (15, 45)
-# Largest parameter difference allowed against the reference (float32, 60 steps).
-ATOL = 2e-6
+# Largest parameter difference allowed against the reference: float32 rounding, about
+# 10 ulps at the largest weights (|w| ~ 7); measured 1.2e-6. A broken rule gives far more.
+ATOL = 5e-6
 
 
 class Toy(nn.Module):
