@@ -313,3 +313,37 @@ def test_rejects_another_optimizers_state() -> None:
     state["param_groups"] = opt.state_dict()["param_groups"]
     with pytest.raises(ValueError, match="not ScaledAdam's.*--optimizer adamw"):
         opt.load_state_dict(state)
+
+
+def test_matches_reference_on_a_zipformer() -> None:
+    """The reference's own Zipformer2 transducer (hundreds of tensors, many stacked
+    shapes, icefall's scalar parameters), random gradients, 12 steps, clipping on."""
+    from zipformer_reference import reference_asr_model
+
+    torch.manual_seed(0)
+    b = reference_asr_model(
+        num_encoder_layers="1,1,1,1,1,1", feedforward_dim="32,48,48,48,48,48",
+        encoder_dim="16,24,24,24,24,24", encoder_unmasked_dim="16,16,16,16,16,16",
+        num_heads="2,2,2,2,2,2", cnn_module_kernel="7,7,5,5,5,7", query_head_dim="8",
+        value_head_dim="4", pos_dim=8, decoder_dim=16, joiner_dim=16, vocab_size=20,
+    )
+    a = copy.deepcopy(b)
+    kw = dict(lr=0.045, clipping_scale=2.0, clipping_update_period=8)
+    oa = ScaledAdam(a.named_parameters(), **kw)
+    ob = ref.optim.ScaledAdam(b.named_parameters(), **kw)
+    g = torch.Generator().manual_seed(0)
+    factors = []
+    for step in range(12):
+        scale = 50.0 if step == 10 else 1.0  # clipped against the step-8 threshold
+        for p, q in zip(a.parameters(), b.parameters()):
+            p.grad = torch.randn(p.shape, generator=g) * 1e-2 * scale
+            q.grad = p.grad.clone()
+        oa.step()
+        ob.step()
+        factors.append(oa.last_clipping_factors[0])
+    assert factors[10] < 0.1 and max(factors[:10] + factors[11:]) == 1.0
+    assert len(oa.state) == len(ob.state) < len(list(a.parameters()))  # stacked
+    diff = _max_diff(a, b)
+    print(f"zipformer: {len(list(a.parameters()))} tensors, max |param diff| {diff:.2e}")
+    assert diff < ATOL
+    _assert_states_close(oa.state_dict(), ob.state_dict())
