@@ -273,14 +273,53 @@ def _export(module: nn.Module, args: Tuple[Tensor, ...], filename: Path, input_n
         )
 
 
+def compact_names(filename: PathLike) -> None:
+    """Rename a graph's nodes and internal tensors to short names (``n12``, ``t34``, ``w5``).
+
+    Graph inputs, outputs and metadata keep their names, so the model's
+    interface is unchanged. The exporter's and quantiser's scope-path names
+    are a sizeable share of a small model's file (about 0.2 MB of the tiny
+    student's int8 encoder).
+    """
+    import onnx
+
+    model = onnx.load(str(filename))
+    g = model.graph
+    keep = {v.name for v in g.input} | {v.name for v in g.output}
+    renamed: Dict[str, str] = {}
+    for j, t in enumerate(g.initializer):
+        if t.name not in keep:
+            renamed[t.name] = f"w{j}"
+            t.name = renamed[t.name]
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in renamed:
+            renamed[name] = f"t{len(renamed)}"
+        return renamed[name]
+
+    for i, node in enumerate(g.node):
+        node.name = f"n{i}"
+        node.doc_string = ""
+        for k, name in enumerate(node.input):
+            node.input[k] = short(name)
+        for k, name in enumerate(node.output):
+            node.output[k] = short(name)
+    del g.value_info[:]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(filename))
+
+
 def quantize_int8(src: PathLike, dst: PathLike) -> None:
-    """onnxruntime dynamic quantisation: int8 weights for ``MatMul`` and ``Gemm``."""
+    """onnxruntime dynamic quantisation (int8 weights of ``MatMul`` and ``Gemm``), names compacted."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
         model_input=str(src), model_output=str(dst),
         op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
     )
+    compact_names(dst)
 
 
 @torch.no_grad()
