@@ -38,6 +38,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 sherpa_onnx = pytest.importorskip("sherpa_onnx")
 
+from recipe_scripts import load_recipe_script  # noqa: E402
+
 from icefall_spkd.features import make_fbank_extractor, sherpa_fbank  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -372,21 +374,28 @@ def test_bad_inputs(trained: Dict, tmp_path: Path):
     other_net = tmp_path / "other.pt"
     torch.save({"model": torch.nn.Linear(3, 4).state_dict(), "params": {"model_preset": "tiny"}},
                other_net)
-    for bad in (not_torch, no_model, other_net):
-        proc = _run("export-onnx.py", "--checkpoint", str(bad), "--tokens", str(tokens),
-                    "--output-dir", str(tmp_path / "o"), ok=False)
-        _one_line_error(proc, bad, "pretrained.pt")
-    # A tokens file that does not match the model.
-    short = tmp_path / "tokens_short.txt"
+    # The scripts in-process (SystemExit carries the message) ...
+    export = load_recipe_script("spkd_transducer/export-onnx.py")
+    short = tmp_path / "tokens_short.txt"  # a tokens file that does not match the model
     short.write_text("".join(f"{s} {i}\n" for i, s in enumerate(SYMBOLS[:-2])), encoding="utf-8")
-    proc = _run("export-onnx.py", "--checkpoint", str(ckpt), "--tokens", str(short),
+    cases = [((bad, tokens), bad, "pretrained.pt") for bad in (no_model, other_net)]
+    cases.append(((ckpt, short), short, "vocab_size=12"))
+    for (c, t), name, word in cases:
+        with pytest.raises(SystemExit) as ei:
+            export.main(["--checkpoint", str(c), "--tokens", str(t), "--output-dir", str(tmp_path / "o")])
+        msg = str(ei.value)
+        assert "\n" not in msg and str(name) in msg and word in msg, msg
+    onnx_pre = load_recipe_script("spkd_transducer/onnx_pretrained.py")
+    with pytest.raises(SystemExit) as ei:
+        onnx_pre.main(["--encoder-model-filename", str(onnx_dir / "encoder.onnx"),
+                       "--decoder-model-filename", str(onnx_dir / "decoder.onnx"),
+                       "--joiner-model-filename", str(onnx_dir / "joiner.onnx"), "--tokens", str(short),
+                       str(trained["wav_dir"] / "utt200.wav")])
+    assert "\n" not in str(ei.value) and str(short) in str(ei.value) and "vocab_size=12" in str(ei.value)
+    # ... and as command lines: one line on stderr, no traceback.
+    proc = _run("export-onnx.py", "--checkpoint", str(not_torch), "--tokens", str(tokens),
                 "--output-dir", str(tmp_path / "o"), ok=False)
-    _one_line_error(proc, short, "vocab_size=12")
-    proc = _run("onnx_pretrained.py", "--encoder-model-filename", str(onnx_dir / "encoder.onnx"),
-                "--decoder-model-filename", str(onnx_dir / "decoder.onnx"),
-                "--joiner-model-filename", str(onnx_dir / "joiner.onnx"), "--tokens", str(short),
-                str(trained["wav_dir"] / "utt200.wav"), ok=False)
-    _one_line_error(proc, short, "vocab_size=12")
+    _one_line_error(proc, not_torch, "pretrained.pt")
     # A 44.1 kHz WAV given to onnx_pretrained.py.
     wav44 = tmp_path / "cd_quality.wav"
     sf.write(str(wav44), np.zeros(44100, np.float32), 44100)
