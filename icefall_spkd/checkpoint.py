@@ -206,6 +206,9 @@ def save_checkpoint(
         "sampler": sampler.state_dict() if sampler is not None else None,
         "grad_scaler": scaler.state_dict() if scaler is not None else None,
         "rng": get_rng_state(),
+        # Everything build_model needs (encoder type and every model flag), so
+        # decode/export/pretrained and teacher loading need no model flags.
+        "model_params": dict(getattr(_unwrap(model), "model_config", None) or {}) or None,
     }
     for k, v in _plain_params(params).items():
         if k not in checkpoint:

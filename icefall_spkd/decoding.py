@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from icefall_spkd.checkpoint import (
     CheckpointError,
+    _torch_load,
     average_checkpoints,
     average_checkpoints_with_averaged_model,
     find_checkpoints,
@@ -193,6 +194,85 @@ def load_averaged_weights(params: AttributeDict) -> Dict[str, torch.Tensor]:
     files = [exp_dir / f"epoch-{e}.pt" for e in range(first, params.epoch + 1)]
     logging.info(f"Averaging {[str(f) for f in files]}")
     return average_checkpoints(files)
+
+
+def model_flag_names() -> List[str]:
+    """``dest`` names of the options :func:`~icefall_spkd.models.presets.add_model_arguments` adds."""
+    from icefall_spkd.models.presets import add_model_arguments
+
+    p = argparse.ArgumentParser(add_help=False)
+    add_model_arguments(p)
+    return [a.dest for a in p._actions]
+
+
+def explicit_model_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Dict[str, Any]:
+    """The model options of ``args`` whose value differs from ``parser``'s default (given by the user)."""
+    return {
+        k: getattr(args, k)
+        for k in model_flag_names()
+        if hasattr(args, k) and getattr(args, k) != parser.get_default(k)
+    }
+
+
+def config_checkpoint(params: AttributeDict) -> Path:
+    """The newest checkpoint that ``--epoch``/``--iter`` select (its stored model config is used)."""
+    exp_dir = Path(params.exp_dir)
+    if params.iter > 0:
+        files = find_checkpoints(exp_dir, iteration=-params.iter)
+        if not files:
+            raise FileNotFoundError(f"no checkpoint-*.pt at or before iteration {params.iter} in {exp_dir}")
+        return Path(files[0])
+    return exp_dir / f"epoch-{params.epoch}.pt"
+
+
+def stored_model_params(
+    filename: str | Path, explicit: Optional[Dict[str, Any]] = None
+) -> Optional[Dict[str, Any]]:
+    """The model hyper-parameters stored in a checkpoint (``model_params``, or ``params`` of
+    an exported ``pretrained.pt``); None for a file of an older layout that has neither.
+
+    ``explicit``: model flags given on the command line; one that contradicts
+    the stored value is an error (the stored architecture is the one the
+    weights belong to), one that agrees is accepted, one the file does not
+    record (such as ``--model-preset`` once the dimensions are stored) is ignored
+    with a warning.
+    """
+    ckpt = _torch_load(filename)
+    stored = ckpt.get("model_params")
+    if not isinstance(stored, dict) and isinstance(ckpt.get("params"), dict):
+        stored = ckpt["params"]
+    if not isinstance(stored, dict) or "encoder_type" not in stored:
+        return None
+    for k, v in (explicit or {}).items():
+        if k not in stored:
+            logging.warning(f"--{k.replace('_', '-')} {v} ignored: {filename} stores the architecture")
+        elif str(stored[k]) != str(v):
+            flag = "--" + k.replace("_", "-")
+            raise ValueError(
+                f"{flag} {v} contradicts {filename}, which was trained with {flag} {stored[k]}; "
+                f"drop {flag} (the model flags are read from the checkpoint)"
+            )
+    return dict(stored)
+
+
+def build_decoding_model(params: AttributeDict, explicit: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """The model of the checkpoints ``--epoch``/``--iter`` select, built from the
+    hyper-parameters stored in them (the command's model flags for files without
+    any); ``params.vocab_size`` (from ``--tokens``/``--bpe-model``) must match."""
+    from icefall_spkd.models.presets import build_model
+
+    stored = stored_model_params(config_checkpoint(params), explicit)
+    if stored is None:
+        logging.info("The checkpoint stores no model hyper-parameters; using the model flags")
+        return build_model(params)
+    if int(stored.get("vocab_size", params.vocab_size)) != int(params.vocab_size):
+        raise ValueError(
+            f"{config_checkpoint(params)} was trained with vocab_size={stored['vocab_size']} but "
+            f"the token table has {params.vocab_size}: pass the --tokens/--bpe-model of its training"
+        )
+    logging.info(f"Model hyper-parameters from {config_checkpoint(params)}: {stored}")
+    params.update({k: v for k, v in stored.items() if k not in ("vocab_size", "blank_id")})
+    return build_model({**stored, "vocab_size": params.vocab_size, "blank_id": params.blank_id})
 
 
 def load_model_weights(model: nn.Module, params: AttributeDict) -> None:

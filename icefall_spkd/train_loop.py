@@ -37,6 +37,17 @@ from icefall_spkd.train_safety import InfCheck, TooManyBadBatches, clip_gradient
 from icefall_spkd.utils import AttributeDict
 
 
+def adjusted_batch_count(params: AttributeDict, world_size: int = 1) -> float:
+    """icefall's ``get_adjusted_batch_count``: the ScheduledFloat clock of the Zipformer.
+
+    ``batch_idx_train * max_duration * world_size / ref_duration`` -- batches of
+    ``--ref-duration`` (600) seconds of audio, so the schedules (dropout, skip
+    rates, balancer limits) advance with the audio seen, whatever the batch size.
+    """
+    ref = float(params.get("ref_duration", 600) or 600)
+    return params.batch_idx_train * float(params.get("max_duration", ref) or ref) * world_size / ref
+
+
 def train_one_epoch(
     params: AttributeDict,
     model: nn.Module,
@@ -78,6 +89,9 @@ def train_one_epoch(
 
     for batch_idx, batch in enumerate(data_iter):
         params.batch_idx_train += 1
+        # The Zipformer's ScheduledFloat clock (icefall's get_adjusted_batch_count);
+        # derived from batch_idx_train, so a resumed run gets the same values.
+        inner.set_batch_count(adjusted_batch_count(params, world_size))
         batch_size = batch["inputs"].size(0)
         if inf_check is not None:
             inf_check.reset()
@@ -164,7 +178,8 @@ def train_one_epoch(
                 f"Epoch {params.cur_epoch}, batch {batch_idx}, "
                 f"global_batch {params.batch_idx_train}, "
                 f"batch_loss {info['loss']:.10e}, loss[{info}], tot_loss[{tot_loss}], "
-                f"batch size: {batch_size}, lr: {cur_lr:.3e}, grad_norm: {norm:.4g}{clip_note}"
+                f"batch size: {batch_size}, lr: {cur_lr:.3e}, grad_norm: {norm:.4g}{clip_note}, "
+                f"batch_count: {adjusted_batch_count(params, world_size):.6g}"
                 + (f", grad_scale: {scaler.get_scale():.1f}" if scaler.is_enabled() else "")
             )
             if tb_writer is not None:

@@ -1,7 +1,8 @@
 """The loss of one training or validation batch (``compute_loss``) and its helpers.
 
 Loss-scale warm-up (icefall's rule, restated): the total loss is
-``simple_scale * simple_loss + pruned_scale * pruned_loss``. During the first
+``simple_scale * simple_loss + pruned_scale * pruned_loss`` (plus
+``--ctc-loss-scale`` times the CTC loss with ``--use-ctc``, as icefall). During the first
 ``--warm-step`` batches both scales move linearly with the global batch index
 ``b``: the simple-loss scale starts at 1.0 and falls to ``--simple-loss-scale``,
 and the pruned-loss scale starts at 0.1 and rises to 1.0; from batch
@@ -127,7 +128,9 @@ def compute_loss(
     Returns:
       ``(loss, info)``: ``loss`` is summed over the utterances; ``info`` holds
       summed ``loss``, ``simple_loss``, ``pruned_loss`` and the count ``frames``
-      (encoder frames), plus ``utterances``; with a teacher also ``kd_loss``
+      (encoder frames), plus ``utterances``; with ``params.use_ctc`` (and a
+      CTC head) ``ctc_loss``, added to ``loss`` times ``params.ctc_loss_scale``;
+      with a teacher also ``kd_loss``
       and, with a sampler, ``kd_samp_loss``, ``kd_samp_tokens``,
       ``kd_samp_empty``, ``kd_ref_tokens`` (see :func:`kd_loss_and_metrics`).
     """
@@ -148,7 +151,9 @@ def compute_loss(
     kd_metrics: Dict[str, float] = {}
     with torch.set_grad_enabled(is_training):
         fwd_kwargs = dict(prune_range=params.prune_range, am_scale=params.am_scale, lm_scale=params.lm_scale)
-        if teacher is None:
+        student = model.module if hasattr(model, "module") else model
+        use_ctc = bool(params.get("use_ctc")) and student.ctc_output is not None
+        if teacher is None and not use_ctc:
             with autocast_context(params, device):
                 simple_loss, pruned_loss = model(x_student, x_lens, y, **fwd_kwargs)
         else:
@@ -158,9 +163,14 @@ def compute_loss(
             simple_loss, pruned_loss = student_out.simple_loss, student_out.pruned_loss
         s_scale, p_scale = loss_scales(params, params.batch_idx_train, is_training)
         loss = s_scale * simple_loss + p_scale * pruned_loss
+        if use_ctc:  # icefall: loss += ctc_loss_scale * ctc_loss (no warm-up on it)
+            y_padded, y_lens = pad_token_ids(y, pad_id=int(student.blank_id), device=device)
+            ctc_loss = student.ctc_loss(
+                student_out.encoder_out, student_out.encoder_out_lens, y_padded, y_lens
+            )
+            loss = loss + float(params.ctc_loss_scale) * ctc_loss
 
         if teacher is not None:
-            student = model.module if hasattr(model, "module") else model
             y_padded, y_lens = pad_token_ids(y, pad_id=int(params.blank_id), device=device)
             terms = compute_kd_terms(
                 params, teacher, student, student_out, x, x_lens, y_padded, y_lens, kd_generator
@@ -174,6 +184,8 @@ def compute_loss(
     info["loss"] = loss.detach().float().item()
     info["simple_loss"] = simple_loss.detach().float().item()
     info["pruned_loss"] = pruned_loss.detach().float().item()
+    if use_ctc:
+        info["ctc_loss"] = ctc_loss.detach().float().item()
     for k, v in kd_metrics.items():
         info[k] = v
     return loss, info

@@ -61,6 +61,7 @@ from icefall_spkd.teacher import (
 from icefall_spkd.teacher import load_teacher as _load_teacher
 from icefall_spkd.train_loop import (  # noqa: F401  (re-exported names)
     _record_kd_generator,
+    adjusted_batch_count,
     compute_validation_loss,
     train_one_epoch,
     validate,
@@ -117,6 +118,35 @@ def fix_random_seed(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+#: ``--optimizer`` -> defaults of ``(--base-lr, --lr-batches, --lr-epochs)``:
+#: icefall's Zipformer recipe for ScaledAdam, this recipe's tuned values for AdamW.
+OPTIMIZER_DEFAULTS = {"scaled_adam": (0.045, 7500.0, 3.5), "adamw": (3e-3, 5000.0, 6.0)}
+
+
+def resolve_optimizer_params(params: AttributeDict, encoder_type: str) -> None:
+    """Fill ``optimizer``, ``base_lr``, ``lr_batches``, ``lr_epochs`` left at None.
+
+    ``--optimizer`` defaults to ScaledAdam for the Zipformer and AdamW for the
+    Conformer; the lr defaults follow the optimizer (:data:`OPTIMIZER_DEFAULTS`).
+    ScaledAdam clips by itself (``--clipping-scale``), so ``--max-grad-norm``
+    is refused with it.
+    """
+    if params.get("optimizer") is None:
+        params.optimizer = "scaled_adam" if encoder_type == "zipformer" else "adamw"
+    if params.optimizer not in OPTIMIZER_DEFAULTS:
+        raise ValueError(f"--optimizer {params.optimizer!r}: choose one of {sorted(OPTIMIZER_DEFAULTS)}")
+    for key, default in zip(("base_lr", "lr_batches", "lr_epochs"), OPTIMIZER_DEFAULTS[params.optimizer]):
+        if params.get(key) is None:
+            params[key] = default
+    params.setdefault("clipping_scale", 2.0)
+    params.setdefault("lr_warmup_start", 0.5)
+    if params.optimizer == "scaled_adam" and float(params.get("max_grad_norm") or 0) > 0:
+        raise ValueError(
+            "--max-grad-norm applies to AdamW only; ScaledAdam clips the gradient by itself "
+            "(--clipping-scale, default 2.0): drop --max-grad-norm"
+        )
 
 
 def load_teacher(params: AttributeDict, device: torch.device) -> Optional[nn.Module]:
@@ -214,7 +244,7 @@ def run(rank: int, world_size: int, args: Any, dist_env: Optional[DistEnv] = Non
     """
     from icefall_spkd.data import AsrDataModule
     from icefall_spkd.features import global_feature_stats
-    from icefall_spkd.models.presets import build_model
+    from icefall_spkd.models.presets import build_model, encoder_type_of
 
     params = get_params()
     params.update(vars(args))
@@ -257,8 +287,13 @@ def run(rank: int, world_size: int, args: Any, dist_env: Optional[DistEnv] = Non
         sp = load_char_tokenizer(params)
     logging.info({k: v for k, v in params.items() if k != "sp"})
 
+    resolve_optimizer_params(params, encoder_type_of(params))
     model = build_model(params)
-    logging.info(f"Number of model parameters: {num_parameters(model)}")
+    logging.info(
+        f"Number of model parameters: {num_parameters(model)}; optimizer {params.optimizer}, "
+        f"base lr {params.base_lr}, Eden lr_batches {params.lr_batches}, lr_epochs {params.lr_epochs}"
+        + (f", CTC loss scale {params.ctc_loss_scale}" if params.get("use_ctc") else "")
+    )
 
     datamodule = AsrDataModule(args)
     train_cuts = datamodule.train_cuts()
@@ -280,6 +315,9 @@ def run(rank: int, world_size: int, args: Any, dist_env: Optional[DistEnv] = Non
 
     ckpt_rest = _resume(params, model, model_avg)
     params.sp = sp
+    # The ScheduledFloat batch count (Zipformer) follows batch_idx_train, which a
+    # resume restored; train_one_epoch sets it again before every step.
+    model.set_batch_count(adjusted_batch_count(params, world_size))
 
     model.to(device)
     if world_size > 1:
@@ -288,12 +326,19 @@ def run(rank: int, world_size: int, args: Any, dist_env: Optional[DistEnv] = Non
             model, device_ids=[env.local_rank] if device.type == "cuda" else None
         )
 
-    optimizer = build_optimizer(model, lr=params.base_lr, weight_decay=params.weight_decay)
+    optimizer = build_optimizer(
+        model,
+        lr=params.base_lr,
+        weight_decay=params.weight_decay,
+        optimizer=params.optimizer,
+        clipping_scale=params.clipping_scale,
+    )
     scheduler = Eden(
         optimizer,
         lr_batches=params.lr_batches,
         lr_epochs=params.lr_epochs,
         warmup_batches=params.lr_warmup_batches,
+        warmup_start=params.lr_warmup_start,
     )
     scaler = torch.amp.GradScaler("cuda", enabled=bool(params.use_fp16 and device.type == "cuda"))
 

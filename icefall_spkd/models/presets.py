@@ -228,8 +228,10 @@ def build_model(params: ParamsLike) -> Transducer:
         encoder_dim=cfg.encoder_dim,
         decoder_dim=cfg.decoder_dim,
         vocab_size=cfg.vocab_size,
+        use_ctc=str2bool(_lookup(params, "use_ctc") or False),
     )
-    model.model_config = asdict(cfg)
+    # Everything build_model needs to rebuild it (stored in every checkpoint).
+    model.model_config = {**asdict(cfg), "encoder_type": "conformer", "use_ctc": model.ctc_output is not None}
     return model
 
 

@@ -47,12 +47,14 @@ from icefall_spkd.decoding import (
     add_averaging_arguments,
     add_tokens_argument,
     averaging_suffix,
+    build_decoding_model,
     decode_dataset,
+    explicit_model_flags,
     load_model_weights,
     load_vocabulary,
     save_results,
 )
-from icefall_spkd.models.presets import add_model_arguments, build_model
+from icefall_spkd.models.presets import add_model_arguments
 from icefall_spkd.training import get_params
 from icefall_spkd.utils import cpu_threads, num_parameters, setup_logger
 
@@ -89,7 +91,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     params = get_params()
     params.update(vars(args))
     params.exp_dir = Path(params.exp_dir)
@@ -115,7 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     sp = load_vocabulary(params)  # --bpe-model when given, else --tokens
     logging.info(params)
 
-    model = build_model(params)
+    # The architecture stored in the checkpoint (model flags are only needed for
+    # files without one; a flag that contradicts it is an error).
+    model = build_decoding_model(params, explicit_model_flags(parser, args))
     logging.info(f"Number of model parameters: {num_parameters(model)}")
     load_model_weights(model, params)
     model.to(device).eval()

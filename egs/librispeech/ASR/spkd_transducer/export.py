@@ -23,11 +23,13 @@ from icefall_spkd.checkpoint import atomic_torch_save
 from icefall_spkd.decoding import (
     add_averaging_arguments,
     add_tokens_argument,
+    build_decoding_model,
+    explicit_model_flags,
     load_model_weights,
     load_vocabulary,
     model_params_for_export,
 )
-from icefall_spkd.models.presets import add_model_arguments, build_model
+from icefall_spkd.models.presets import add_model_arguments
 from icefall_spkd.training import get_params
 from icefall_spkd.utils import num_parameters
 
@@ -45,11 +47,14 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     params = get_params()
     params.update(vars(args))
     load_vocabulary(params)  # --tokens (or --bpe-model): sets vocab_size and blank_id
-    model = build_model(params)
+    # The architecture stored in the checkpoint (model flags are only needed for
+    # files without one; a flag that contradicts it is an error).
+    model = build_decoding_model(params, explicit_model_flags(parser, args))
     load_model_weights(model, params)
     logging.info(f"Number of model parameters: {num_parameters(model)}")
     out = Path(args.output) if args.output else Path(params.exp_dir) / "pretrained.pt"

@@ -40,6 +40,12 @@ Outputs in ``--exp-dir`` (icefall's layout): ``epoch-N.pt``,
 for a batch skipped because of a non-finite loss, ``batch-<epoch>-<batch>.pt``
 (its cut ids and features).
 
+Optimiser: ``--optimizer scaled_adam`` (default for ``--encoder-type
+zipformer`` / ``zipformer-*`` presets; icefall's ScaledAdam + Eden, base lr
+0.045, ``--lr-batches 7500 --lr-epochs 3.5``) or ``adamw`` (default for the
+Conformer; base lr 3e-3). ``--use-ctc true --ctc-loss-scale 0.2`` adds
+icefall's CTC head and loss.
+
 Training safety: ``--max-grad-norm`` clips the gradient norm before each
 AdamW step (the norm is logged either way); ``--inf-check true`` names the
 first module whose output is not finite.
@@ -116,25 +122,62 @@ def get_parser() -> argparse.ArgumentParser:
         help="A character tokens.txt (<blk> = 0, <unk>), used when --bpe-model is empty; "
         "egs/aishell/ASR sets it to data/lang_char/tokens.txt.",
     )
-    g.add_argument("--base-lr", type=float, default=3e-3, help="Peak learning rate (AdamW).")
+    g.add_argument(
+        "--optimizer",
+        type=str,
+        default=None,
+        choices=["scaled_adam", "adamw"],
+        help="scaled_adam (icefall's ScaledAdam, gradient clipping by --clipping-scale) or "
+        "adamw; default: scaled_adam for the Zipformer, adamw for the Conformer.",
+    )
+    g.add_argument(
+        "--base-lr",
+        type=float,
+        default=None,
+        help="Peak learning rate; default 0.045 with ScaledAdam (icefall), 3e-3 with AdamW.",
+    )
     g.add_argument("--weight-decay", type=float, default=1e-6, help="AdamW weight decay.")
+    g.add_argument(
+        "--clipping-scale",
+        type=float,
+        default=2.0,
+        help="ScaledAdam: clip the gradient norm to this times the median recent norm (icefall's 2.0).",
+    )
     g.add_argument(
         "--lr-batches",
         type=float,
-        default=5000,
-        help="Eden: batches after which the lr has decayed noticeably.",
+        default=None,
+        help="Eden: batches after which the lr has decayed noticeably "
+        "(default 7500 with ScaledAdam as icefall, 5000 with AdamW).",
     )
     g.add_argument(
         "--lr-epochs",
         type=float,
-        default=6,
-        help="Eden: epochs after which the lr has decayed noticeably.",
+        default=None,
+        help="Eden: epochs after which the lr has decayed noticeably "
+        "(default 3.5 with ScaledAdam as icefall, 6 with AdamW).",
     )
     g.add_argument(
         "--lr-warmup-batches",
         type=float,
         default=500,
-        help="Linear lr warm-up from 0.5x over this many batches (0: none).",
+        help="Eden: linear lr warm-up from --lr-warmup-start over this many batches (0: none).",
+    )
+    g.add_argument(
+        "--lr-warmup-start", type=float, default=0.5, help="Eden: lr factor at batch 0 of the warm-up."
+    )
+    g.add_argument(
+        "--ref-duration",
+        type=float,
+        default=600,
+        help="Zipformer: seconds of audio per 'batch' of the ScheduledFloat schedules (icefall's "
+        "--ref-duration): batch count = global batch * --max-duration * world size / this.",
+    )
+    g.add_argument(
+        "--use-ctc", type=str2bool, default=False, help="Add a CTC head and its loss (icefall's flag)."
+    )
+    g.add_argument(
+        "--ctc-loss-scale", type=float, default=0.2, help="Scale of the CTC loss (icefall's 0.2)."
     )
     g.add_argument("--prune-range", type=int, default=5, help="Pruned RNN-T range per frame.")
     g.add_argument("--lm-scale", type=float, default=0.25, help="Smoothing: LM part of the simple loss.")
@@ -184,8 +227,9 @@ def get_parser() -> argparse.ArgumentParser:
         "--max-grad-norm",
         type=float,
         default=0.0,
-        help="Clip the total gradient 2-norm to this value before each AdamW step "
-        "(0: no clipping; the norm is logged either way).",
+        help="AdamW: clip the total gradient 2-norm to this value before each step "
+        "(0: no clipping; the norm is logged either way). ScaledAdam clips by itself "
+        "(--clipping-scale).",
     )
     g.add_argument(
         "--kd-teacher-input",
