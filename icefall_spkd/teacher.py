@@ -57,6 +57,7 @@ from icefall_spkd.checkpoint import CheckpointError, _torch_load, load_state_dic
 from icefall_spkd.kd import compute_kd_losses
 from icefall_spkd.kd_options import TeacherError, add_kd_arguments, validate_kd_params
 from icefall_spkd.models import build_model
+from icefall_spkd.teacher_arch import check_teacher_symbols, teacher_architecture
 
 __all__ = [
     "TeacherError",
@@ -141,7 +142,8 @@ def _build_teacher(params: Any, saved: Dict[str, Any], filename: str) -> nn.Modu
     except ValueError as e:
         raise TeacherError(
             f"{filename} does not record the teacher's architecture ({e}); use a checkpoint "
-            "written by this recipe's train.py or export.py"
+            "written by this recipe's train.py or export.py, or give it with the --teacher-* "
+            "model flags (icefall's names: --teacher-num-encoder-layers, --teacher-encoder-dim, ...)"
         ) from e
 
 
@@ -171,7 +173,10 @@ def load_teacher(params: Any, device: torch.device) -> Optional[nn.Module]:
         hint = " (use --teacher-use-averaged-model false)" if key == "model_avg" else ""
         raise TeacherError(f"{filename} has no '{key}' entry{hint}")
     check_teacher_vocab(params, saved, state_dict, filename)
-    teacher = _build_teacher(params, saved, filename)
+    check_teacher_symbols(params, saved, filename)
+    # Architecture: this recipe's stored model_params / pretrained.pt params, an
+    # icefall Zipformer file's params, and the --teacher-* model flags.
+    teacher = _build_teacher(params, teacher_architecture(params, ckpt, state_dict, filename), filename)
     load_state_dict_strict(teacher, state_dict, strict=True, what=f"{filename}['{key}']")
     teacher.to(device=device, dtype=torch.float32)
     freeze_teacher(teacher)

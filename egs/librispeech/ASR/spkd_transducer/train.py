@@ -23,7 +23,11 @@ Usage (from egs/librispeech/ASR)::
     ./spkd_transducer/train.py --start-batch 12000 ...
 
 Knowledge distillation (SP-KD, docs/SPKD.md) from a trained teacher of the
-same BPE model (its architecture is read from the file)::
+same BPE model (its architecture is read from the file; for an icefall
+Zipformer ``pretrained.pt``, which does not record it, give it with the
+``--teacher-*`` flags in icefall's names, e.g. ``--teacher-num-encoder-layers
+2,2,3,4,3,2 --teacher-encoder-dim 192,256,384,512,384,256 ...``, and check its
+vocabulary with ``--teacher-tokens``)::
 
     # PKD (pruned KD on the reference only)
     ./spkd_transducer/train.py --exp-dir spkd_transducer/exp_pkd --model-preset small \
@@ -69,6 +73,7 @@ from icefall_spkd.data import AsrDataModule
 from icefall_spkd.distributed import launch_from_environ
 from icefall_spkd.models.presets import add_model_arguments
 from icefall_spkd.teacher import add_kd_arguments as _add_kd_arguments
+from icefall_spkd.teacher_arch import add_teacher_model_arguments
 from icefall_spkd.training import run
 from icefall_spkd.utils import str2bool
 
@@ -81,6 +86,7 @@ def add_kd_arguments(parser: argparse.ArgumentParser) -> None:
     ``icefall_spkd.training.load_teacher`` and ``compute_loss``.
     """
     _add_kd_arguments(parser)
+    add_teacher_model_arguments(parser)  # --teacher-<model flag>, --teacher-tokens/--teacher-bpe-model
 
 
 def get_parser() -> argparse.ArgumentParser:
