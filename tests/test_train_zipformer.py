@@ -96,6 +96,15 @@ def test_zipformer_scaled_adam_exact_resume(corpus: Path, zip_trained: Path, tmp
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
 
+    # The clock reaches the model: the same run on icefall's --ref-duration 600
+    # (batch count 0.01 per step) gives other losses from the first batch on.
+    slow = tmp_path / "slow_clock"
+    _run("train.py", _zip_train_args(corpus, slow, "--use-ctc", "true", "--num-epochs", "1",
+                                     "--ref-duration", "600"), cwd=corpus)  # fmt: skip
+    losses_slow = _batch_losses(slow)
+    assert _batch_counts(slow)[2] == pytest.approx(0.02)
+    assert all(losses_slow[k] != losses_full[k] for k in losses_slow), (losses_slow, losses_full)
+
 
 @pytest.mark.slow
 def test_zipformer_decode_export_pretrained_without_model_flags(
