@@ -305,6 +305,16 @@ def test_train_and_decode_with_characters(prepared) -> None:
     assert f"'vocab_size': {len(symbols)}" in train_log
     assert re.search(r"global_batch 2, batch_loss [0-9.]+", train_log), train_log[-2000:]
 
+    # SP-KD with the character vocabulary: that run as the teacher (its vocabulary size is checked).
+    kd = work / "exp_kd"
+    _run(_script("train.py", *common[2:], "--exp-dir", str(kd), "--world-size", "1", "--num-epochs", "1",
+                 "--max-duration", "6", "--tensorboard", "false", "--log-interval", "1", "--valid-interval", "0",
+                 "--enable-spec-aug", "false", "--teacher-checkpoint", str(exp / "epoch-1.pt"),
+                 "--kd-loss", "pkd", "--kd-scale", "0.011", "--kd-sampler", "teacher", "--kd-sampling-scale", "1.0"),
+         cwd=work)
+    kd_log = "".join(f.read_text() for f in (kd / "log").glob("log-train*"))
+    assert re.search(r"kd_loss=[0-9.e-]+, kd_samp_loss=[0-9.e-]+", kd_log), kd_log[-2000:]
+
     _run(_script("decode.py", *common, "--epoch", "1", "--avg", "1", "--use-averaged-model", "false",
                  "--max-duration", "20"), cwd=work)
     out = exp / "greedy_search"
