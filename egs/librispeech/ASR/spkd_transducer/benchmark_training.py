@@ -4,7 +4,16 @@
 Each step is what ``train.py`` does for one batch without KD: the model's
 ``forward`` (encoder, simple loss, prune ranges, pruned loss), the loss
 ``simple_loss_scale * simple + pruned`` (the scales after the warm-up), backward,
-an AdamW step (``icefall_spkd.optim.build_optimizer``) and ``zero_grad``.
+an optimizer step (``icefall_spkd.optim.build_optimizer``: ScaledAdam for
+Zipformer rows, AdamW for Conformer rows, as train.py; ``--optimizer``) and
+``zero_grad``. Zipformer rows run at a fixed ScheduledFloat batch count
+(``--zipformer-batch-count``). ``--reference P ...`` adds rows ``ref:P``: the
+reference package's Zipformer encoder (``zipformer==0.1.3``) at preset P's
+configuration inside this package's transducer (see
+:mod:`icefall_spkd.zipformer_bench`). The rows' steps are INTERLEAVED (one
+step of each row per round), so load changes on a shared machine hit them
+alike; ratios: each Zipformer row against the Conformer row of the closest
+parameter count, and ours against the reference.
 
 Batches are synthetic: utterances of uniform random duration in
 ``[--min-duration, --max-duration]`` s are packed until the next one would
@@ -28,6 +37,9 @@ Usage (from egs/librispeech/ASR)::
     ./spkd_transducer/benchmark_training.py                       # tiny small medium large, 60 s batches
     ./spkd_transducer/benchmark_training.py --device cuda --autocast bf16 --max-duration-per-batch 600
     ./spkd_transducer/benchmark_training.py --presets tiny --steps 2 --max-duration-per-batch 10
+    # Zipformer beside Conformer of about the same size, and the reference Zipformer
+    ./spkd_transducer/benchmark_training.py --presets small zipformer-paper-student \
+        --reference zipformer-paper-student --max-duration-per-batch 37
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ import argparse
 import random
 import time
 from contextlib import nullcontext
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -51,8 +63,15 @@ from icefall_spkd.benchmarking import (
     summarize,
     time_call,
 )
-from icefall_spkd.models.presets import PRESETS, ZIPFORMER_PRESETS, build_model, num_parameters
+from icefall_spkd.models.presets import PRESETS, ZIPFORMER_PRESETS, num_parameters
 from icefall_spkd.optim import build_optimizer
+from icefall_spkd.zipformer_bench import (
+    REF_PREFIX,
+    build_bench_model,
+    is_zipformer,
+    nearest_pairs,
+    set_steady_batch_count,
+)
 
 FRAMES_PER_SECOND = 100
 FEATURE_DIM = 80
@@ -110,14 +129,20 @@ def make_batches(
     return batches
 
 
-def benchmark_preset(
-    preset: str, batches: List[SyntheticBatch], args: argparse.Namespace, device: torch.device
-) -> Dict[str, Any]:
-    """Warm-up and timed training steps of one preset; returns the measurements."""
+def make_step(
+    name: str, args: argparse.Namespace, device: torch.device
+) -> Tuple[torch.nn.Module, Callable[[SyntheticBatch], float]]:
+    """The model of one row and its training step (see the module docstring)."""
     torch.manual_seed(args.seed)
-    model = build_model({"model_preset": preset, "vocab_size": args.vocab_size}).to(device)
+    model = build_bench_model(name, args.vocab_size).to(device)
     model.train()
-    optimizer = build_optimizer(model, lr=args.base_lr)
+    which = args.optimizer if args.optimizer != "auto" else (
+        "scaled_adam" if is_zipformer(name) else "adamw"
+    )
+    lr = args.base_lr if args.base_lr is not None else (0.045 if which == "scaled_adam" else 3e-3)
+    optimizer = build_optimizer(model, lr=lr, optimizer=which)
+    if is_zipformer(name):
+        set_steady_batch_count(model, args.zipformer_batch_count)
     use_fp16 = args.autocast == "fp16"
     scaler = torch.amp.GradScaler(device.type, enabled=use_fp16 and device.type == "cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.autocast)
@@ -140,32 +165,43 @@ def benchmark_preset(
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach()) / len(batch.y)
 
-    on_device = [b.to(device) for b in batches]
-    for i in range(args.warmup_steps):
-        step(on_device[i % len(on_device)])
+    model.optimizer_name = which
+    return model, step
 
+
+def benchmark_presets(
+    names: List[str], batches: List[SyntheticBatch], args: argparse.Namespace, device: torch.device
+) -> Dict[str, Dict[str, Any]]:
+    """Warm-up, then timed steps of every row INTERLEAVED (one step of each row per
+    round), so that a change in the machine's load hits every row alike."""
+    on_device = [b.to(device) for b in batches]
+    rows: Dict[str, Dict[str, Any]] = {}
+    steps: Dict[str, Callable[[SyntheticBatch], float]] = {}
+    for name in names:
+        model, step = make_step(name, args, device)
+        for i in range(args.warmup_steps):
+            step(on_device[i % len(on_device)])
+        steps[name] = step
+        rows[name] = {"params": num_parameters(model), "optimizer": model.optimizer_name,
+                      "times": [], "audio": [], "loss_per_utt": float("nan"), "peak_bytes": None}  # fmt: skip
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times: List[float] = []
-    audio: List[float] = []
-    loss = float("nan")
     budget_start = time.perf_counter()
     for i in range(args.steps):
         batch = on_device[(args.warmup_steps + i) % len(on_device)]
-        dt, loss = time_call(step, batch, device=device)
-        times.append(dt)
-        audio.append(batch.audio_s)
+        for name in names:
+            dt, loss = time_call(steps[name], batch, device=device)
+            rows[name]["times"].append(dt)
+            rows[name]["audio"].append(batch.audio_s)
+            rows[name]["loss_per_utt"] = loss
         elapsed = time.perf_counter() - budget_start
-        if len(times) >= args.min_steps and elapsed >= args.max_seconds_per_preset:
+        if i + 1 >= args.min_steps and elapsed >= args.max_seconds_per_preset * len(names):
             break
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return {
-        "params": num_parameters(model),
-        "times": times,
-        "audio": audio,
-        "loss_per_utt": loss,
-        "peak_bytes": peak,
-    }
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        for r in rows.values():
+            r["peak_bytes"] = peak  # shared by the interleaved rows
+    return rows
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -211,7 +247,32 @@ def get_parser() -> argparse.ArgumentParser:
         choices=["none", "bf16", "fp16"],
         help="Mixed precision (fp16 uses a GradScaler on CUDA).",
     )
-    parser.add_argument("--base-lr", type=float, default=3e-3, help="AdamW learning rate.")
+    parser.add_argument(
+        "--reference",
+        type=str,
+        nargs="*",
+        default=[],
+        choices=sorted(ZIPFORMER_PRESETS),
+        help="Also time the reference package's Zipformer encoder (zipformer==0.1.3, a test "
+        "install) at these presets' configurations: rows ref:<preset>.",
+    )
+    parser.add_argument(
+        "--optimizer",
+        type=str,
+        default="auto",
+        choices=["auto", "scaled_adam", "adamw"],
+        help="auto: ScaledAdam for Zipformer rows, AdamW for Conformer rows (train.py's defaults).",
+    )
+    parser.add_argument(
+        "--zipformer-batch-count",
+        type=float,
+        default=5000.0,
+        help="ScheduledFloat batch count of the Zipformer rows (their dropout, skip rates and "
+        "balancer probabilities depend on it).",
+    )
+    parser.add_argument(
+        "--base-lr", type=float, default=None, help="Learning rate (default 0.045 ScaledAdam, 3e-3 AdamW)."
+    )
     parser.add_argument("--prune-range", type=int, default=5, help="Pruned RNN-T range.")
     parser.add_argument("--lm-scale", type=float, default=0.25, help="Simple-loss LM smoothing.")
     parser.add_argument("--am-scale", type=float, default=0.0, help="Simple-loss AM smoothing.")
@@ -250,23 +311,35 @@ def main(argv: Optional[List[str]] = None) -> None:
         f"warm-up {args.warmup_steps}, up to {args.steps} timed steps "
         f"(<= {args.max_seconds_per_preset} s per preset)"
     )
+    width = max(7, *(len(n) for n in [*args.presets, *(REF_PREFIX + p for p in args.reference)]))
     header = (
-        f"{'preset':<7} {'params':>8} {'steps':>5} {'s/step (IQR)':>24} {'audio-s/s':>9} "
-        f"{'h/epoch 100h':>12} {'h/epoch 960h':>12} {'peak mem':>10} {'loss/utt':>9}"
+        f"{'preset':<{width}} {'params':>8} {'steps':>5} {'s/step (IQR)':>24} {'audio-s/s':>9} "
+        f"{'h/epoch 100h':>12} {'h/epoch 960h':>12} {'peak mem':>10} {'loss/utt':>9} optimizer"
     )
     print(header)
     print("-" * len(header))
     summary = []
-    for preset in args.presets:
-        res = benchmark_preset(preset, batches, args, device)
+    names = list(args.presets) + [REF_PREFIX + p for p in args.reference]
+    rows = benchmark_presets(names, batches, args, device)
+    throughput: Dict[str, float] = {}
+    for name in names:
+        res = rows[name]
         stats = summarize(res["times"])
-        throughput = sum(res["audio"]) / sum(res["times"])
+        throughput[name] = sum(res["audio"]) / sum(res["times"])
+        tp = throughput[name]
         print(
-            f"{preset:<7} {res['params'] / 1e6:7.2f}M {len(res['times']):5d} {stats.fmt():>24} "
-            f"{throughput:9.1f} {100 / throughput:12.1f} {960 / throughput:12.1f} "
-            f"{format_bytes(res['peak_bytes']):>10} {res['loss_per_utt']:9.1f}"
+            f"{name:<{width}} {res['params'] / 1e6:7.2f}M {len(res['times']):5d} {stats.fmt():>24} "
+            f"{tp:9.1f} {100 / tp:12.1f} {960 / tp:12.1f} "
+            f"{format_bytes(res['peak_bytes']):>10} {res['loss_per_utt']:9.1f} {res['optimizer']}"
         )
-        summary.append(f"{preset}={throughput:.1f}")
+        summary.append(f"{name}={tp:.1f}")
+    params = {n: rows[n]["params"] for n in names}
+    for z, c in nearest_pairs(params):
+        print(f"# ratio {z} / {c} (closest Conformer by parameters): {throughput[z] / throughput[c]:.2f}x")
+    for p in args.reference:
+        if p in throughput:
+            print(f"# ratio {p} / {REF_PREFIX}{p} (ours / reference encoder): "
+                  f"{throughput[p] / throughput[REF_PREFIX + p]:.2f}x")  # fmt: skip
     print(
         "# h/epoch = hours of audio / throughput: an EXTRAPOLATION from this machine, one process, "
         "no data loading, validation, speed perturbation or KD teacher."
