@@ -36,6 +36,14 @@ Usage (from egs/librispeech/ASR)::
     ./spkd_transducer/benchmark_decoding.py                           # tiny small medium large
     ./spkd_transducer/benchmark_decoding.py --presets small --checkpoint exp/pretrained.pt
     ./spkd_transducer/benchmark_decoding.py --presets tiny --num-utts 4 --min-duration 2 --max-duration 4
+    # Zipformer beside the Conformer of about its size, and the reference Zipformer encoder
+    ./spkd_transducer/benchmark_decoding.py --presets small zipformer-paper-student \
+        --reference zipformer-paper-student --methods greedy_search
+
+Zipformer presets and ``--reference`` rows (the reference package's encoder
+inside this package's transducer, :mod:`icefall_spkd.zipformer_bench`) are
+timed like the Conformer presets; the RTF ratios pair each Zipformer with the
+Conformer of the closest parameter count.
 """
 
 from __future__ import annotations
@@ -57,8 +65,9 @@ from icefall_spkd.benchmarking import (
     time_call,
 )
 from icefall_spkd.checkpoint import load_checkpoint
-from icefall_spkd.models.presets import PRESETS, build_model, num_parameters
+from icefall_spkd.models.presets import PRESETS, ZIPFORMER_PRESETS, num_parameters
 from icefall_spkd.search import greedy_search_batch, modified_beam_search
+from icefall_spkd.zipformer_bench import REF_PREFIX, build_bench_model, nearest_pairs
 
 FRAMES_PER_SECOND = 100  # 10 ms fbank frame shift
 FEATURE_DIM = 80
@@ -158,8 +167,17 @@ def get_parser() -> argparse.ArgumentParser:
         type=str,
         nargs="+",
         default=["tiny", "small", "medium", "large"],
-        choices=sorted(PRESETS),
-        help="Model presets to benchmark.",
+        choices=sorted(PRESETS) + sorted(ZIPFORMER_PRESETS),
+        help="Model presets to benchmark (Conformer or Zipformer).",
+    )
+    parser.add_argument(
+        "--reference",
+        type=str,
+        nargs="*",
+        default=[],
+        choices=sorted(ZIPFORMER_PRESETS),
+        help="Also time the reference package's Zipformer encoder (zipformer==0.1.3, a test "
+        "install) at these presets' configurations: rows ref:<preset>.",
     )
     parser.add_argument(
         "--methods",
@@ -214,7 +232,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     )
 
     short = {"greedy_search": "greedy", "modified_beam_search": f"beam{args.beam_size}"}
-    cols = [f"{'preset':<7} {'params':>8} {'enc s':>8} {'enc RTF':>8}"]
+    names = list(args.presets) + [REF_PREFIX + p for p in args.reference]
+    width = max(7, *(len(n) for n in names))
+    cols = [f"{'preset':<{width}} {'params':>8} {'enc s':>8} {'enc RTF':>8}"]
     for m in args.methods:
         cols.append(f"{short[m] + ' s':>9} {short[m] + ' RTF':>10} {short[m] + ' e2e RTF':>14}")
     cols.append(f"{'tok/frame':>9}")
@@ -223,9 +243,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     print("-" * len(header))
 
     summary = []
-    for preset in args.presets:
+    enc_rtf: Dict[str, float] = {}
+    e2e_rtf: Dict[str, float] = {}
+    params: Dict[str, int] = {}
+    for preset in names:
         torch.manual_seed(args.seed)
-        model = build_model({"model_preset": preset, "vocab_size": args.vocab_size})
+        model = build_bench_model(preset, args.vocab_size)
+        params[preset] = num_parameters(model)
         if args.checkpoint:
             load_checkpoint(args.checkpoint, model=model)
         elif args.blank_bias:
@@ -234,15 +258,25 @@ def main(argv: Optional[List[str]] = None) -> None:
         model.to(device)
         res = benchmark_preset(model, batches, args.methods, args.beam_size, args.repeats, device)
         enc = res["encoder"].median
-        row = [f"{preset:<7} {num_parameters(model) / 1e6:7.2f}M {enc:8.2f} {enc / audio_s:8.4f}"]
+        enc_rtf[preset] = enc / audio_s
+        row = [f"{preset:<{width}} {num_parameters(model) / 1e6:7.2f}M {enc:8.2f} {enc / audio_s:8.4f}"]
         for m in args.methods:
             s = res["search"][m].median
             row.append(f"{s:9.2f} {s / audio_s:10.4f} {(enc + s) / audio_s:14.4f}")
             summary.append(f"{preset}/{short[m]}={(enc + s) / audio_s:.4f}")
+            if m == args.methods[0]:
+                e2e_rtf[preset] = (enc + s) / audio_s
         row.append(f"{res['tokens_per_frame']:9.3f}")
         print(" ".join(row))
         del model
 
+    for z, c in nearest_pairs(params):
+        print(f"# RTF ratio {z} / {c} (closest Conformer by parameters): encoder "
+              f"{enc_rtf[z] / enc_rtf[c]:.2f}x, e2e {short[args.methods[0]]} {e2e_rtf[z] / e2e_rtf[c]:.2f}x")  # fmt: skip
+    for p in args.reference:
+        if p in enc_rtf:
+            print(f"# RTF ratio {p} / {REF_PREFIX}{p} (ours / reference encoder): encoder "
+                  f"{enc_rtf[p] / enc_rtf[REF_PREFIX + p]:.2f}x")  # fmt: skip
     print(
         "# RTF = compute s / audio s. 'e2e' = encoder + search. tok/frame = greedy tokens "
         "per encoder frame (40 ms);\n# trained LibriSpeech BPE-500 models emit roughly 0.1-0.2 "
