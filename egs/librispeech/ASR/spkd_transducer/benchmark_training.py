@@ -204,6 +204,23 @@ def benchmark_presets(
     return rows
 
 
+def profile_row(name: str, batches: List[SyntheticBatch], args: argparse.Namespace, device: torch.device) -> None:
+    """``--profile``: torch.profiler over ``--steps`` training steps of one row (after the
+    warm-up); prints the operators with the most self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _, step = make_step(name, args, device)
+    on_device = [b.to(device) for b in batches]
+    for i in range(args.warmup_steps):
+        step(on_device[i % len(on_device)])
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for i in range(args.steps):
+            step(on_device[(args.warmup_steps + i) % len(on_device)])
+    print(f"# torch.profiler: {name}, {args.steps} training steps, top {args.profile_rows} by self CPU time")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -264,6 +281,14 @@ def get_parser() -> argparse.ArgumentParser:
         help="auto: ScaledAdam for Zipformer rows, AdamW for Conformer rows (train.py's defaults).",
     )
     parser.add_argument(
+        "--profile",
+        type=str,
+        default=None,
+        help="Instead of the table: profile --steps training steps of this row (a preset or "
+        "ref:<preset>) with torch.profiler and print the top operators.",
+    )
+    parser.add_argument("--profile-rows", type=int, default=20, help="Operators shown by --profile.")
+    parser.add_argument(
         "--zipformer-batch-count",
         type=float,
         default=5000.0,
@@ -302,6 +327,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         args.vocab_size,
         args.seed,
     )
+    if args.profile:
+        profile_row(args.profile, batches, args, device)
+        print(load_note())
+        return
     mean_audio = sum(b.audio_s for b in batches) / len(batches)
     mean_utts = sum(len(b.y) for b in batches) / len(batches)
     print(
