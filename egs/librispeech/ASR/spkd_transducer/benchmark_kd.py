@@ -82,7 +82,7 @@ from icefall_spkd.benchmarking import (
 )
 from icefall_spkd.kd import compute_kd_losses
 from icefall_spkd.kd_options import DEFAULTS as KD_DEFAULTS
-from icefall_spkd.models.presets import PRESETS, build_model, num_parameters
+from icefall_spkd.models.presets import PRESETS, ZIPFORMER_PRESETS, build_model, num_parameters
 from icefall_spkd.optim import build_optimizer
 
 FEATURE_DIM = 80
@@ -163,7 +163,11 @@ class KDStep:
         self.student = build_model({"model_preset": student_preset, "vocab_size": args.vocab_size})
         self.student.load_state_dict(student_state)
         self.student.to(device).train()
-        self.optimizer = build_optimizer(self.student, lr=1e-4)
+        # train.py's optimizer for the student's encoder (ScaledAdam for a Zipformer)
+        zipformer = student_preset.startswith("zipformer")
+        self.optimizer = build_optimizer(
+            self.student, lr=1e-4, optimizer="scaled_adam" if zipformer else "adamw"
+        )
         self.generator = torch.Generator(device=device).manual_seed(args.seed + 1)
         self.kd_params: Dict[str, Any] = dict(
             kd_loss="none",
@@ -332,7 +336,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    presets = sorted(PRESETS)
+    presets = sorted(PRESETS) + sorted(ZIPFORMER_PRESETS)  # Conformer or Zipformer
     parser.add_argument("--teacher-preset", default="small", choices=presets)
     parser.add_argument("--student-preset", default="tiny", choices=presets)
     parser.add_argument("--batch-size", "-B", type=int, default=8, help="Utterances B.")
