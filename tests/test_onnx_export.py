@@ -405,3 +405,50 @@ def test_bad_inputs(trained: Dict, tmp_path: Path):
                 str(wav44), ok=False)
     _one_line_error(proc, wav44, "44100 Hz", "16000", "sox")
     assert root.exists()
+
+
+def test_sherpa_onnx_decode_script(trained: Dict, tmp_path: Path, capsys):
+    """The demo's last step: sherpa_onnx_decode.py on files (any rate) and on a cut manifest.
+
+    Its hypotheses must be sherpa-onnx's own, its references the manifest's,
+    and its WER the edit distance computed here.
+    """
+    from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+
+    script = load_recipe_script("spkd_transducer/sherpa_onnx_decode.py")
+    test = trained["test"][:3]
+    wavs = [trained["wav_dir"] / f"{uid}.wav" for uid, *_ in test]
+    refs = [[SYMBOLS[t][1:] for t in toks] for *_, toks in test]
+    expected = [
+        " ".join(SYMBOLS[t][1:] for t in h) for h in _sherpa_decode(trained["onnx"], wavs, False)
+    ]
+    assert sum(len(h.split()) for h in expected) >= 10  # the model emits tokens
+
+    recordings = RecordingSet.from_recordings(
+        Recording.from_file(w, recording_id=uid) for w, (uid, *_) in zip(wavs, test)
+    )
+    supervisions = SupervisionSet.from_segments(
+        SupervisionSegment(id=uid, recording_id=uid, start=0.0,
+                           duration=recordings[uid].duration, text=" ".join(ref))
+        for (uid, *_), ref in zip(test, refs)
+    )  # fmt: skip
+    cuts = tmp_path / "cuts.jsonl.gz"
+    CutSet.from_manifests(recordings=recordings, supervisions=supervisions).to_file(cuts)
+    onnx = str(trained["onnx"])
+    script.main(["--onnx-dir", onnx, "--int8", "false", "--cuts", str(cuts), "--num-utts", "3"])
+    out = capsys.readouterr().out.splitlines()
+    assert [line[5:] for line in out if line.startswith("REF: ")] == [" ".join(r) for r in refs]
+    hyps = [line[5:] for line in out if line.startswith("HYP: ")]
+    assert hyps == expected
+    assert f"WER {_edits([h.split() for h in hyps], refs):.2f} %" in out[-1]
+
+    # a 44.1 kHz stereo copy gives the same text as the 16 kHz original
+    x, _ = sf.read(str(wavs[0]), dtype="float32")
+    from scipy.signal import resample_poly
+
+    hi = resample_poly(x, 441, 160).astype(np.float32)
+    stereo = tmp_path / "stereo44k.wav"
+    sf.write(str(stereo), np.stack([hi, hi], axis=1), 44100, subtype="PCM_24")
+    script.main(["--onnx-dir", onnx, "--int8", "false", str(wavs[0]), str(stereo)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{wavs[0]}: {expected[0]}", f"{stereo}: {expected[0]}"]

@@ -8,6 +8,8 @@
 #    student, PKD and SP-KD (teacher sampler, N=2), same data, seed and epochs;
 #    each decoded with modified beam search (beam 4) on dev, test-clean and
 #    test-other. The table is printed and written to $exp_root/RESULTS.md.
+# 3. The SP-KD student exported to ONNX (fp32 and int8) and one test-clean
+#    utterance transcribed with sherpa-onnx (reference and hypothesis printed).
 # Everything is resumable: run it again after an interruption and finished
 # steps are skipped.
 set -eou pipefail
@@ -56,4 +58,12 @@ start=$(date +%s)
   $kd_args \
   --train-args "$train_args" \
   --title "make demo: reduced SP-KD table on the synthetic corpus"
+# Ship the SP-KD student: ONNX (+ int8) as sherpa-onnx reads it, then one
+# test-clean utterance transcribed by sherpa-onnx itself.
+student_dir=$exp_root/spkd-n2/seed-42
+"$python" spkd_transducer/export-onnx.py --exp-dir "$student_dir" --epoch "$num_epochs" --avg 1 \
+  --use-averaged-model false --tokens "data/lang_bpe_${vocab_size}/tokens.txt" \
+  --output-dir "$student_dir/onnx"
+"$python" spkd_transducer/sherpa_onnx_decode.py --onnx-dir "$student_dir/onnx" \
+  --cuts data/fbank/librispeech_cuts_test-clean.jsonl.gz --num-utts 1
 echo "make demo finished in $(( ($(date +%s) - start) / 60 )) min; table: $recipe_dir/$exp_root/RESULTS.md"
