@@ -135,17 +135,25 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
             rel = torch.matmul(p, pos)  # (N, H, T, 2T-1); column r is offset r - (T-1)
             s = rel.stride()
             # abs[i, j] = rel[i, (T-1) - i + j], i.e. offset j - i.
-            scores = scores + rel.as_strided(
+            rel = rel.as_strided(
                 (n, h, t, t), (s[0], s[1], s[2] - s[3], s[3]), storage_offset=s[3] * (t - 1)
             )
+            scores = scores + rel if self.training else scores.add_(rel)
 
-        if self.training and random.random() < 0.1:
-            scores = penalize_abs_values_gt(scores, limit=25.0, penalty=1.0e-4)
+        if self.training:
+            if random.random() < 0.1:
+                scores = penalize_abs_values_gt(scores, limit=25.0, penalty=1.0e-4)
+            if attn_mask is not None:
+                scores = scores.masked_fill(attn_mask, MASK_SCORE)
+            if key_padding_mask is not None:
+                scores = scores.masked_fill(key_padding_mask[:, None, None, :], MASK_SCORE)
+            return scores.softmax(dim=-1)
+        # eval: the same steps in place on the fresh score tensor
         if attn_mask is not None:
-            scores = scores.masked_fill(attn_mask, MASK_SCORE)
+            scores.masked_fill_(attn_mask, MASK_SCORE)
         if key_padding_mask is not None:
-            scores = scores.masked_fill(key_padding_mask[:, None, None, :], MASK_SCORE)
-        return scores.softmax(dim=-1)
+            scores.masked_fill_(key_padding_mask[:, None, None, :], MASK_SCORE)
+        return torch.softmax(scores, dim=-1)
 
 
 class SelfAttention(nn.Module):
