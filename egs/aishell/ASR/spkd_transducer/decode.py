@@ -30,12 +30,13 @@ import torch
 
 from icefall_spkd.decoding import (
     averaging_suffix,
+    build_decoding_model,
     decode_dataset,
+    explicit_model_flags,
     load_model_weights,
     load_vocabulary,
     save_results,
 )
-from icefall_spkd.models.presets import build_model
 from icefall_spkd.training import get_params
 from icefall_spkd.utils import cpu_threads, num_parameters, setup_logger
 
@@ -55,7 +56,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     """Decode; returns ``{set: CER %}``."""
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     params = get_params()
     params.update(vars(args))
     params.exp_dir = Path(params.exp_dir)
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     table = load_vocabulary(params)  # --tokens data/lang_char/tokens.txt
     logging.info(params)
-    model = build_model(params)
+    # The architecture stored in the checkpoint (model flags only for files without one).
+    model = build_decoding_model(params, explicit_model_flags(parser, args))
     logging.info(f"Number of model parameters: {num_parameters(model)}")
     load_model_weights(model, params)
     model.to(device).eval()
