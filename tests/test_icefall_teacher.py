@@ -134,3 +134,18 @@ def test_zipformer_student_spkd_from_icefall_teacher(corpus: Path, icefall_files
     last = torch.load(exp / "epoch-1.pt", weights_only=False)["model"]
     changed = [k for k, v in first.items() if v.is_floating_point() and not torch.equal(v, last[k])]
     assert len(changed) > len(first) // 2, changed
+
+
+def test_own_zipformer_checkpoint_as_teacher_needs_no_flags(corpus: Path, tmp_path: Path) -> None:
+    """A save_checkpoint file of a Zipformer whose params hold no model flag: model_params rebuild it."""
+    from icefall_spkd.checkpoint import save_checkpoint
+    from icefall_spkd.models import build_model
+
+    torch.manual_seed(1)
+    model = build_model({**TEACHER, "encoder_type": "zipformer", "vocab_size": 30})
+    path = tmp_path / "epoch-1.pt"
+    save_checkpoint(path, model, params={"batch_idx_train": 3, "bpe_model": str(_bpe(corpus))})
+    teacher = _load(corpus, path)
+    assert teacher.model_config == model.model_config
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, teacher.state_dict()[k]), k
