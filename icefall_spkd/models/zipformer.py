@@ -119,6 +119,8 @@ class ZipformerEncoderLayer(nn.Module):
                 attn_mask: Optional[Tensor] = None,
                 src_key_padding_mask: Optional[Tensor] = None) -> Tensor:
         """src (N, T, C); pos_emb (1, 2T-1, pos_dim); masks as in :class:`Zipformer2`."""
+        if not self.training and not torch.is_grad_enabled():
+            return self._inference(src, pos_emb, chunk_size, attn_mask, src_key_padding_mask)
         training = self.training
         src_orig = src
         w = self.self_attn_weights(src, pos_emb, src_key_padding_mask, attn_mask)  # (N, H, T, T)
@@ -153,6 +155,23 @@ class ZipformerEncoderLayer(nn.Module):
         src = self.norm(self.balancer1(src))
         src = self.bypass(src_orig, src)
         return self.whiten(self.balancer2(src))
+
+
+    def _inference(self, src: Tensor, pos_emb: Tensor, chunk_size: int,
+                   attn_mask: Optional[Tensor], src_key_padding_mask: Optional[Tensor]) -> Tensor:
+        """:meth:`forward` in eval mode without autograd: the residual sums are accumulated
+        in place (regularisers and skips are identities here)."""
+        w = self.self_attn_weights(src, pos_emb, src_key_padding_mask, attn_mask)
+        x = src + self.feed_forward1(src)
+        x.add_(self.nonlin_attention(x, w[:, 0]))
+        x.add_(self.self_attn1(x, w))
+        x.add_(self.conv_module1(x, src_key_padding_mask=src_key_padding_mask, chunk_size=chunk_size))
+        x.add_(self.feed_forward2(x))
+        x = self.bypass_mid(src, x)
+        x.add_(self.self_attn2(x, w))
+        x.add_(self.conv_module2(x, src_key_padding_mask=src_key_padding_mask, chunk_size=chunk_size))
+        x.add_(self.feed_forward3(x))
+        return self.bypass(src, self.norm(x))
 
 
 class ZipformerEncoder(nn.Module):
