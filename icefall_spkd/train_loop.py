@@ -81,6 +81,7 @@ def train_one_epoch(
     max_grad_norm = float(params.get("max_grad_norm", 0.0) or 0.0)
     inner = model.module if hasattr(model, "module") else model
     inf_check = InfCheck(inner) if params.get("inf_check", False) else None
+    set_batch_count = getattr(inner, "set_batch_count", None)  # the Transducer's (a no-op for the Conformer)
     num_clipped = 0
 
     data_iter = iter(train_dl)
@@ -91,7 +92,8 @@ def train_one_epoch(
         params.batch_idx_train += 1
         # The Zipformer's ScheduledFloat clock (icefall's get_adjusted_batch_count);
         # derived from batch_idx_train, so a resumed run gets the same values.
-        inner.set_batch_count(adjusted_batch_count(params, world_size))
+        if set_batch_count is not None:
+            set_batch_count(adjusted_batch_count(params, world_size))
         batch_size = batch["inputs"].size(0)
         if inf_check is not None:
             inf_check.reset()

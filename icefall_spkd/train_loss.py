@@ -152,7 +152,7 @@ def compute_loss(
     with torch.set_grad_enabled(is_training):
         fwd_kwargs = dict(prune_range=params.prune_range, am_scale=params.am_scale, lm_scale=params.lm_scale)
         student = model.module if hasattr(model, "module") else model
-        use_ctc = bool(params.get("use_ctc")) and student.ctc_output is not None
+        use_ctc = bool(params.get("use_ctc")) and getattr(student, "ctc_output", None) is not None
         if teacher is None and not use_ctc:
             with autocast_context(params, device):
                 simple_loss, pruned_loss = model(x_student, x_lens, y, **fwd_kwargs)
