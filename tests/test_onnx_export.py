@@ -452,3 +452,40 @@ def test_sherpa_onnx_decode_script(trained: Dict, tmp_path: Path, capsys):
     script.main(["--onnx-dir", onnx, "--int8", "false", str(wavs[0]), str(stereo)])
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"{wavs[0]}: {expected[0]}", f"{stereo}: {expected[0]}"]
+
+
+def test_zipformer_exports_and_sherpa_loads_it(tmp_path: Path):
+    """A Zipformer (random weights, perturbed) exports; onnxruntime's encoder and joiner
+    equal PyTorch's on a padded batch of lengths the export never saw; sherpa-onnx
+    loads the files as a zipformer2 transducer and decodes."""
+    from icefall_spkd.models.presets import build_model
+    from icefall_spkd.onnx_export import OnnxTransducer, export_onnx, read_meta_data
+
+    torch.manual_seed(0)
+    model = build_model({"model_preset": "zipformer-synth-student", "vocab_size": len(SYMBOLS)})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1 + 0.1 * torch.randn_like(p))
+    model.eval()
+    paths = export_onnx(model, tmp_path / "onnx", SYMBOLS, int8=False)
+    assert read_meta_data(paths["encoder"])["model_type"] == "zipformer2"
+    ort = OnnxTransducer(paths["encoder"], paths["decoder"], paths["joiner"])
+    x = torch.randn(2, 157, 80)
+    x_lens = torch.tensor([157, 101])
+    with torch.no_grad():
+        enc, enc_lens = model.forward_encoder(x, x_lens)
+        enc = model.joiner.encoder_proj(enc)
+    got, got_lens = ort.run_encoder(x.numpy(), x_lens.numpy())
+    assert got_lens.tolist() == enc_lens.tolist()
+    for b, n in enumerate(enc_lens.tolist()):
+        assert np.abs(got[b, :n] - enc[b, :n].numpy()).max() < 1e-4
+
+    rec = sherpa_onnx.OfflineRecognizer.from_transducer(
+        encoder=str(paths["encoder"]), decoder=str(paths["decoder"]), joiner=str(paths["joiner"]),
+        tokens=str(tmp_path / "onnx" / "tokens.txt"), num_threads=1,
+        decoding_method="greedy_search",
+    )
+    s = rec.create_stream()
+    s.accept_waveform(SR, np.random.default_rng(0).uniform(-0.3, 0.3, SR).astype(np.float32))
+    rec.decode_stream(s)
+    assert isinstance(s.result.text, str)

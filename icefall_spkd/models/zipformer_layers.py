@@ -133,11 +133,17 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
             pos = self.linear_pos(pos_emb)  # (1, 2T-1, H*dp)
             pos = pos.reshape(-1, 2 * t - 1, h, dp).permute(0, 2, 3, 1)  # (1, H, dp, 2T-1)
             rel = torch.matmul(p, pos)  # (N, H, T, 2T-1); column r is offset r - (T-1)
-            s = rel.stride()
             # abs[i, j] = rel[i, (T-1) - i + j], i.e. offset j - i.
-            rel = rel.as_strided(
-                (n, h, t, t), (s[0], s[1], s[2] - s[3], s[3]), storage_offset=s[3] * (t - 1)
-            )
+            if torch.onnx.is_in_onnx_export():
+                # as_strided with a computed offset does not export; gather does (same values)
+                i = torch.arange(t, device=rel.device)
+                idx = (t - 1) - i[:, None] + i[None, :]
+                rel = torch.gather(rel, 3, idx.expand(n, h, t, t))
+            else:
+                s = rel.stride()
+                rel = rel.as_strided(
+                    (n, h, t, t), (s[0], s[1], s[2] - s[3], s[3]), storage_offset=s[3] * (t - 1)
+                )
             scores = scores + rel if self.training else scores.add_(rel)
 
         if self.training:
@@ -323,7 +329,7 @@ class SimpleDownsample(nn.Module):
         ds = self.downsample
         t2 = (t + ds - 1) // ds
         pad = t2 * ds - t
-        if pad:
+        if pad or torch.onnx.is_in_onnx_export():  # exported graphs take any T: always pad
             x = torch.cat((x, x[:, -1:].expand(n, pad, c)), dim=1)
         w = self.bias.softmax(dim=0)
         return torch.matmul(w, x.reshape(n, t2, ds, c))  # (N, t2, C)
