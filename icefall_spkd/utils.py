@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -116,3 +117,14 @@ def cpu_threads(processes: int = 1) -> int:
     if threads.isdigit() and int(threads) > 0:
         return int(threads)
     return max(1, (os.cpu_count() or 1) // max(1, processes))
+
+
+def param_value(params: Any, key: str) -> Any:
+    """``params[key]`` for a mapping, ``params.key`` for a namespace; None when absent.
+
+    Model and training options arrive as dicts (icefall's ``params``, stored
+    checkpoint configs) or as argparse namespaces; this reads either.
+    """
+    if isinstance(params, Mapping):
+        return params.get(key)
+    return getattr(params, key, None)

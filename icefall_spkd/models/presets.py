@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional, Union
 
-from icefall_spkd.utils import str2bool
+from icefall_spkd.utils import param_value, str2bool
 
 from .conformer import Conformer
 from .decoder import Decoder
@@ -120,12 +120,6 @@ class ModelConfig:
 ParamsLike = Union[str, Mapping, argparse.Namespace, ModelConfig]
 
 
-def _lookup(params: Any, key: str) -> Any:
-    if isinstance(params, Mapping):
-        return params.get(key)
-    return getattr(params, key, None)
-
-
 def _as_int(key: str, value: Any) -> int:
     """A Conformer dimension: an int (a string flag value is converted)."""
     try:
@@ -143,8 +137,8 @@ def encoder_type_of(params: ParamsLike) -> str:
         params = {"model_preset": params}
     if isinstance(params, ModelConfig):
         return "conformer"
-    enc = _lookup(params, "encoder_type")
-    preset = _lookup(params, "model_preset")
+    enc = param_value(params, "encoder_type")
+    preset = param_value(params, "model_preset")
     if enc is None:
         return "zipformer" if str(preset or "").startswith("zipformer") else "conformer"
     if enc not in ("conformer", "zipformer"):
@@ -165,13 +159,13 @@ def resolve_model_config(params: ParamsLike) -> ModelConfig:
     if isinstance(params, str):
         params = {"model_preset": params}
     values: dict[str, Any] = {}
-    preset = _lookup(params, "model_preset")
+    preset = param_value(params, "model_preset")
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f"unknown model preset {preset!r}; choose from {sorted(PRESETS)}")
         values.update(PRESETS[preset])
     for f in fields(ModelConfig):
-        v = _lookup(params, f.name)
+        v = param_value(params, f.name)
         if v is not None:
             values[f.name] = _as_int(f.name, v) if f.name in DIM_KEYS else v
     missing = [k for k in DIM_KEYS if k not in values]
@@ -228,7 +222,7 @@ def build_model(params: ParamsLike) -> Transducer:
         encoder_dim=cfg.encoder_dim,
         decoder_dim=cfg.decoder_dim,
         vocab_size=cfg.vocab_size,
-        use_ctc=str2bool(_lookup(params, "use_ctc") or False),
+        use_ctc=str2bool(param_value(params, "use_ctc") or False),
     )
     # Everything build_model needs to rebuild it (stored in every checkpoint).
     model.model_config = {**asdict(cfg), "encoder_type": "conformer", "use_ctc": model.ctc_output is not None}

@@ -75,13 +75,6 @@ def _no_autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def _check_boundary(boundary: Tensor) -> Tensor:
-    """``boundary`` with ``S_b`` raised to at least 1, for the backends' ``S_b >= 1`` assertions."""
-    b = boundary.clone()
-    b[:, 2] = b[:, 2].clamp(min=1)
-    return b
-
-
 class Transducer(nn.Module):
     """Encoder + stateless decoder + joiner, trained with the pruned RNN-T loss.
 
@@ -329,7 +322,7 @@ class Transducer(nn.Module):
             termination_symbol=self.blank_id,
             lm_only_scale=lm_scale,
             am_only_scale=am_scale,
-            boundary=_check_boundary(boundary),
+            boundary=pruned_rnnt.backend_boundary(boundary),
             rnnt_type="regular",
         )
         scores, grads = pruned_rnnt.mutual_information_recursion(
@@ -346,7 +339,7 @@ class Transducer(nn.Module):
         if S == 0:  # every reference empty: the only node of each frame is u = 0
             return torch.zeros(B, T, 1, dtype=torch.int64, device=px_grad.device)
         return pruned_rnnt.get_rnnt_prune_ranges(
-            px_grad=px_grad, py_grad=py_grad, boundary=_check_boundary(boundary), s_range=prune_range
+            px_grad=px_grad, py_grad=py_grad, boundary=pruned_rnnt.backend_boundary(boundary), s_range=prune_range
         )
 
     def _pruned_loss(
@@ -368,7 +361,7 @@ class Transducer(nn.Module):
             symbols=y_padded,
             ranges=ranges,
             termination_symbol=self.blank_id,
-            boundary=_check_boundary(boundary),
+            boundary=pruned_rnnt.backend_boundary(boundary),
             rnnt_type="regular",
         )
         scores = pruned_rnnt.mutual_information_recursion(px=px, py=py, boundary=boundary)

@@ -20,6 +20,8 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import nn
 
+from icefall_spkd.utils import param_value
+
 from .icefall_decoder import IcefallDecoder
 from .joiner import Joiner
 from .presets_aishell import AISHELL_VOCAB_SIZE, AISHELL_ZIPFORMER_PRESETS
@@ -115,12 +117,6 @@ ZIPFORMER_PRESETS.update(AISHELL_ZIPFORMER_PRESETS)
 ParamsLike = Union[str, Mapping, argparse.Namespace]
 
 
-def _get(params: Any, key: str) -> Any:
-    if isinstance(params, Mapping):
-        return params.get(key)
-    return getattr(params, key, None)
-
-
 def resolve_zipformer_config(params: ParamsLike) -> Dict[str, Any]:
     """The complete hyper-parameter dict (icefall names, per-stack values as comma strings).
 
@@ -130,14 +126,14 @@ def resolve_zipformer_config(params: ParamsLike) -> Dict[str, Any]:
     if isinstance(params, str):
         params = {"model_preset": params}
     cfg: Dict[str, Any] = dict(ZIPFORMER_DEFAULTS)
-    preset = _get(params, "model_preset")
+    preset = param_value(params, "model_preset")
     if preset is not None and str(preset).startswith("zipformer"):
         if preset not in ZIPFORMER_PRESETS:
             raise ValueError(f"unknown Zipformer preset {preset!r}; choose from {sorted(ZIPFORMER_PRESETS)}")
         cfg.update(ZIPFORMER_PRESETS[preset])
         cfg["model_preset"] = preset
     for key in ZIPFORMER_DEFAULTS:
-        v = _get(params, key)
+        v = param_value(params, key)
         if v is not None:
             cfg[key] = v
     n = len(to_int_tuple(cfg["downsampling_factor"]))
@@ -225,7 +221,7 @@ def from_icefall(state_dict: Mapping[str, torch.Tensor], params: ParamsLike) -> 
     state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
     if isinstance(params, str):
         params = {"model_preset": params}
-    if _get(params, "use_ctc") is None and any(k.startswith("ctc_output.") for k in state_dict):
+    if param_value(params, "use_ctc") is None and any(k.startswith("ctc_output.") for k in state_dict):
         params = {**(dict(params) if isinstance(params, Mapping) else vars(params)), "use_ctc": True}
     model = build_zipformer_model(params)
     own = model.state_dict()
