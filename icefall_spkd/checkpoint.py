@@ -217,30 +217,15 @@ def save_checkpoint(
 
 
 def save_checkpoint_with_global_batch_idx(
-    out_dir: PathLike,
-    global_batch_idx: int,
-    model: nn.Module,
-    model_avg: Optional[nn.Module] = None,
-    optimizer: Optional[torch.optim.Optimizer] = None,
-    scheduler: Optional[Any] = None,
-    sampler: Optional[Any] = None,
-    scaler: Optional[Any] = None,
-    params: Optional[Dict[str, Any]] = None,
-    rank: int = 0,
+    out_dir: PathLike, global_batch_idx: int, model: nn.Module, **state: Any
 ) -> Path:
-    """Save to ``out_dir/checkpoint-<global_batch_idx>.pt``; returns that path."""
+    """Save to ``out_dir/checkpoint-<global_batch_idx>.pt``; returns that path.
+
+    ``state``: the keyword arguments of :func:`save_checkpoint` (``model_avg``,
+    ``optimizer``, ``scheduler``, ``sampler``, ``scaler``, ``params``, ``rank``).
+    """
     filename = Path(out_dir) / f"checkpoint-{global_batch_idx}.pt"
-    save_checkpoint(
-        filename,
-        model=model,
-        model_avg=model_avg,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        sampler=sampler,
-        scaler=scaler,
-        params=params,
-        rank=rank,
-    )
+    save_checkpoint(filename, model, **state)
     return filename
 
 
