@@ -190,3 +190,29 @@ def test_ctc_term_added_with_its_scale() -> None:
     assert info["ctc_loss"] == pytest.approx(ref, rel=1e-5)
     assert float(with_ctc - base) == pytest.approx(0.3 * ref, rel=1e-4)
     assert ref > 1.0
+
+
+def test_optimizer_defaults_and_clipping_flag_error(tmp_path: Path) -> None:
+    """--optimizer follows the encoder; ScaledAdam refuses --max-grad-norm with one line."""
+    import importlib.util
+
+    from test_train import RECIPE
+
+    from icefall_spkd.models.presets import encoder_type_of
+    from icefall_spkd.training import resolve_optimizer_params
+    from icefall_spkd.utils import AttributeDict
+
+    spec = importlib.util.spec_from_file_location("spkd_train_opt", RECIPE / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for argv, want in (
+        (ZIP_ARGS, ("scaled_adam", 0.045, 7500.0, 3.5)),
+        (["--model-preset", "zipformer-synth-student"], ("scaled_adam", 0.045, 7500.0, 3.5)),
+        (MODEL_ARGS, ("adamw", 3e-3, 5000.0, 6.0)),
+        ([*ZIP_ARGS, "--optimizer", "adamw", "--base-lr", "1e-3"], ("adamw", 1e-3, 5000.0, 6.0)),
+    ):
+        p = AttributeDict(vars(mod.get_parser().parse_args(argv)))
+        resolve_optimizer_params(p, encoder_type_of(p))
+        assert (p.optimizer, p.base_lr, p.lr_batches, p.lr_epochs) == want, argv
+    with pytest.raises(SystemExit, match="--max-grad-norm applies to AdamW only; ScaledAdam clips"):
+        mod.main([*ZIP_ARGS, "--max-grad-norm", "5", "--exp-dir", str(tmp_path)])

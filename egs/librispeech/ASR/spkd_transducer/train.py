@@ -71,11 +71,11 @@ import torch
 
 from icefall_spkd.data import AsrDataModule
 from icefall_spkd.distributed import launch_from_environ
-from icefall_spkd.models.presets import add_model_arguments
+from icefall_spkd.models.presets import add_model_arguments, encoder_type_of
 from icefall_spkd.teacher import add_kd_arguments as _add_kd_arguments
 from icefall_spkd.teacher_arch import add_teacher_model_arguments
-from icefall_spkd.training import run
-from icefall_spkd.utils import str2bool
+from icefall_spkd.training import resolve_optimizer_params, run
+from icefall_spkd.utils import AttributeDict, str2bool
 
 
 def add_kd_arguments(parser: argparse.ArgumentParser) -> None:
@@ -262,6 +262,14 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     egs/aishell pass this parser with their own defaults) and train."""
     args = (parser or get_parser()).parse_args(argv)
     args.exp_dir = Path(args.exp_dir)
+    # --optimizer and its lr defaults (ScaledAdam for the Zipformer), checked before any process starts
+    resolved = AttributeDict(vars(args))
+    try:
+        resolve_optimizer_params(resolved, encoder_type_of(resolved))
+    except ValueError as e:
+        sys.exit(f"train.py: error: {e}")
+    for key in ("optimizer", "base_lr", "lr_batches", "lr_epochs"):
+        setattr(args, key, resolved[key])
     try:
         env = launch_from_environ()
     except ValueError as e:
