@@ -51,8 +51,9 @@ from icefall_spkd.utils import str2bool
 DEFAULT_SEED = 42
 
 #: Sets decode.py can decode: icefall's LibriSpeech names, plus ``dev`` (the
-#: synthetic corpus's development set; for LibriSpeech dev-clean + dev-other).
-DECODING_SETS = ("test-clean", "test-other", "dev-clean", "dev-other", "dev")
+#: synthetic corpus's development set; for LibriSpeech dev-clean + dev-other)
+#: and ``test-open`` (the closed-vocabulary synthetic task's open-vocabulary test).
+DECODING_SETS = ("test-clean", "test-other", "dev-clean", "dev-other", "dev", "test-open")
 
 
 class _SeedWorkers:

@@ -54,6 +54,7 @@ start=$(date +%s)
   --max-duration "$max_duration" \
   --bpe-model "data/lang_bpe_${vocab_size}/bpe.model" \
   --decoding-methods modified_beam_search \
+  --test-sets dev,test-clean,test-other,test-open \
   --jobs "$jobs" \
   $kd_args \
   --train-args "$train_args" \
