@@ -136,6 +136,29 @@ def load_vocabulary(params: AttributeDict) -> Any:
     return table
 
 
+def decoding_plan(params: AttributeDict, known_sets: Sequence[str]) -> Tuple[List[str], str, str]:
+    """Check decode.py's options; return ``(test_sets, file suffix, results key)``.
+
+    ``--test-sets`` items may be space- or comma-separated; each must be in
+    ``known_sets``. The suffix names the result files (averaging, then the beam
+    size or ``--max-sym-per-frame`` > 1); the key labels the setting in them.
+    Bad options exit with a one-line message.
+    """
+    test_sets = [s for item in params.test_sets for s in item.split(",") if s]
+    for s in test_sets:
+        if s not in known_sets:
+            raise SystemExit(f"Unknown test set {s!r} in --test-sets; use one of {list(known_sets)}")
+    if params.max_sym_per_frame < 1:
+        raise SystemExit(f"--max-sym-per-frame must be >= 1, got {params.max_sym_per_frame}")
+    suffix, key = averaging_suffix(params), "greedy_search"
+    if params.decoding_method in ("beam_search", "modified_beam_search"):
+        suffix += f"-beam-size-{params.beam_size}"
+        key = f"beam_size_{params.beam_size}"
+    elif params.max_sym_per_frame > 1:
+        suffix += f"-max-sym-per-frame-{params.max_sym_per_frame}"
+    return test_sets, suffix, key
+
+
 def averaging_suffix(params: AttributeDict) -> str:
     """``epoch-N-avg-K`` or ``iter-N-avg-K``, plus ``-use-averaged-model``."""
     s = f"iter-{params.iter}-avg-{params.avg}" if params.iter > 0 else f"epoch-{params.epoch}-avg-{params.avg}"

@@ -29,9 +29,9 @@ import aishell
 import torch
 
 from icefall_spkd.decoding import (
-    averaging_suffix,
     build_decoding_model,
     decode_dataset,
+    decoding_plan,
     explicit_model_flags,
     load_model_weights,
     load_vocabulary,
@@ -61,19 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     params = get_params()
     params.update(vars(args))
     params.exp_dir = Path(params.exp_dir)
-    test_sets = [s for item in params.test_sets for s in item.split(",") if s]
-    for s in test_sets:
-        if s not in aishell.DECODING_SETS:
-            raise SystemExit(f"Unknown test set {s!r} in --test-sets; AISHELL-1 has {aishell.DECODING_SETS}")
-    if params.max_sym_per_frame < 1:
-        raise SystemExit(f"--max-sym-per-frame must be >= 1, got {params.max_sym_per_frame}")
-
-    suffix, key = averaging_suffix(params), "greedy_search"
-    if params.decoding_method in ("beam_search", "modified_beam_search"):
-        suffix += f"-beam-size-{params.beam_size}"
-        key = f"beam_size_{params.beam_size}"
-    elif params.max_sym_per_frame > 1:
-        suffix += f"-max-sym-per-frame-{params.max_sym_per_frame}"
+    test_sets, suffix, key = decoding_plan(params, aishell.DECODING_SETS)
     out_dir = params.exp_dir / params.decoding_method
     setup_logger(out_dir / f"log-decode-{suffix}")
     logging.info("Decoding started")

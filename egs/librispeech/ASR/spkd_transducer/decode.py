@@ -46,9 +46,9 @@ from icefall_spkd.decoding import (
     DECODING_METHODS,
     add_averaging_arguments,
     add_tokens_argument,
-    averaging_suffix,
     build_decoding_model,
     decode_dataset,
+    decoding_plan,
     explicit_model_flags,
     load_model_weights,
     load_vocabulary,
@@ -96,20 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     params = get_params()
     params.update(vars(args))
     params.exp_dir = Path(params.exp_dir)
-    test_sets = [s for item in params.test_sets for s in item.split(",") if s]
-    for s in test_sets:
-        if s not in TEST_SETS:
-            raise SystemExit(f"Unknown test set {s!r} in --test-sets; use {TEST_SETS}")
-
-    if params.max_sym_per_frame < 1:
-        raise SystemExit(f"--max-sym-per-frame must be >= 1, got {params.max_sym_per_frame}")
-    suffix = averaging_suffix(params)
-    key = "greedy_search"
-    if params.decoding_method in ("beam_search", "modified_beam_search"):
-        suffix += f"-beam-size-{params.beam_size}"
-        key = f"beam_size_{params.beam_size}"
-    elif params.max_sym_per_frame > 1:
-        suffix += f"-max-sym-per-frame-{params.max_sym_per_frame}"
+    test_sets, suffix, key = decoding_plan(params, TEST_SETS)
     out_dir = params.exp_dir / params.decoding_method
     setup_logger(out_dir / f"log-decode-{suffix}")
     logging.info("Decoding started")
