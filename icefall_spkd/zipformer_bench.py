@@ -16,6 +16,7 @@ Used by ``benchmark_training.py`` and ``benchmark_decoding.py``:
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 import types
@@ -27,6 +28,21 @@ import torch.nn as nn
 
 REF_PREFIX = "ref:"
 _REPO = Path(__file__).resolve().parents[1]
+
+
+def add_reference_argument(parser: argparse.ArgumentParser) -> None:
+    """``--reference PRESET ...``: also time the reference package's Zipformer at these presets."""
+    from icefall_spkd.models.presets import ZIPFORMER_PRESETS
+
+    parser.add_argument(
+        "--reference",
+        type=str,
+        nargs="*",
+        default=[],
+        choices=sorted(ZIPFORMER_PRESETS),
+        help="Also time the reference package's Zipformer encoder (zipformer==0.1.3, a test "
+        "install) at these presets' configurations: rows ref:<preset>.",
+    )
 
 
 def is_zipformer(name: str) -> bool:

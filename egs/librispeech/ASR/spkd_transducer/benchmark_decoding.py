@@ -67,7 +67,12 @@ from icefall_spkd.benchmarking import (
 from icefall_spkd.checkpoint import load_checkpoint
 from icefall_spkd.models.presets import PRESETS, ZIPFORMER_PRESETS, num_parameters
 from icefall_spkd.search import greedy_search_batch, modified_beam_search
-from icefall_spkd.zipformer_bench import REF_PREFIX, build_bench_model, nearest_pairs
+from icefall_spkd.zipformer_bench import (
+    REF_PREFIX,
+    add_reference_argument,
+    build_bench_model,
+    nearest_pairs,
+)
 
 FRAMES_PER_SECOND = 100  # 10 ms fbank frame shift
 FEATURE_DIM = 80
@@ -170,15 +175,7 @@ def get_parser() -> argparse.ArgumentParser:
         choices=sorted(PRESETS) + sorted(ZIPFORMER_PRESETS),
         help="Model presets to benchmark (Conformer or Zipformer).",
     )
-    parser.add_argument(
-        "--reference",
-        type=str,
-        nargs="*",
-        default=[],
-        choices=sorted(ZIPFORMER_PRESETS),
-        help="Also time the reference package's Zipformer encoder (zipformer==0.1.3, a test "
-        "install) at these presets' configurations: rows ref:<preset>.",
-    )
+    add_reference_argument(parser)
     parser.add_argument(
         "--methods",
         type=str,

@@ -67,6 +67,7 @@ from icefall_spkd.models.presets import PRESETS, ZIPFORMER_PRESETS, num_paramete
 from icefall_spkd.optim import build_optimizer
 from icefall_spkd.zipformer_bench import (
     REF_PREFIX,
+    add_reference_argument,
     build_bench_model,
     is_zipformer,
     nearest_pairs,
@@ -264,15 +265,7 @@ def get_parser() -> argparse.ArgumentParser:
         choices=["none", "bf16", "fp16"],
         help="Mixed precision (fp16 uses a GradScaler on CUDA).",
     )
-    parser.add_argument(
-        "--reference",
-        type=str,
-        nargs="*",
-        default=[],
-        choices=sorted(ZIPFORMER_PRESETS),
-        help="Also time the reference package's Zipformer encoder (zipformer==0.1.3, a test "
-        "install) at these presets' configurations: rows ref:<preset>.",
-    )
+    add_reference_argument(parser)
     parser.add_argument(
         "--optimizer",
         type=str,
