@@ -106,6 +106,10 @@ class AsrDataModule:
                        help="SpecAugment on training batches")
         g.add_argument("--spec-aug-time-warp-factor", type=int, default=80,
                        help="time warp factor of SpecAugment; < 1 disables warping")
+        g.add_argument("--spec-aug-start-batch", type=int, default=0,
+                       help="with --enable-spec-aug: no SpecAugment before this training "
+                            "update (0: from the first, icefall's way). An under-fit model "
+                            "learns much faster without it (RESULTS.md)")
         g.add_argument("--on-the-fly-feats", type=str2bool, default=False,
                        help="compute fbank from audio while loading instead of reading "
                             "precomputed features")

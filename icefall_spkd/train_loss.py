@@ -21,6 +21,9 @@ data loader, so teacher and student see the same augmented features. With
 ``clean`` the loader returns clean features, ``params.student_spec_augment``
 holds the SpecAugment module, and :func:`compute_loss` gives the teacher the
 clean features and the student an augmented copy (training batches only).
+``--spec-aug-start-batch N`` (N > 0) also moves SpecAugment into the step,
+which then applies it from update N on; the teacher sees the student's input
+unless ``--kd-teacher-input clean``.
 """
 
 from __future__ import annotations
@@ -122,8 +125,10 @@ def compute_loss(
       kd_generator: random generator of the KD samplers / sampled node weights.
 
     ``params.student_spec_augment`` (optional): a SpecAugment applied, in
-    training only, to the student's copy of the features; the teacher gets
-    the batch's features as they are (see the module docstring).
+    training only and from update ``params.spec_aug_start_batch`` on, to the
+    student's copy of the features; the teacher gets the batch's features as
+    they are with ``kd_teacher_input == "clean"``, else the student's copy
+    (see the module docstring).
 
     Returns:
       ``(loss, info)``: ``loss`` is summed over the utterances; ``info`` holds
@@ -141,8 +146,10 @@ def compute_loss(
     x_lens = _feature_lens(batch, device)
     x_student = x
     augment = params.get("student_spec_augment") if is_training else None
-    if augment is not None:
+    if augment is not None and params.batch_idx_train >= int(params.get("spec_aug_start_batch", 0)):
         x_student = augment(x, supervision_segments=_supervision_segments(batch))
+    # --kd-teacher-input augmented: the teacher sees what the student sees.
+    x_teacher = x if params.get("kd_teacher_input", "augmented") == "clean" else x_student
     texts = _texts_in_input_order(batch)
     y = params.sp.encode(texts, out_type=int)
 
@@ -173,7 +180,7 @@ def compute_loss(
         if teacher is not None:
             y_padded, y_lens = pad_token_ids(y, pad_id=int(params.blank_id), device=device)
             terms = compute_kd_terms(
-                params, teacher, student, student_out, x, x_lens, y_padded, y_lens, kd_generator
+                params, teacher, student, student_out, x_teacher, x_lens, y_padded, y_lens, kd_generator
             )
             kd_loss, kd_metrics = kd_loss_and_metrics(params, terms, y_lens, frames)
             loss = loss + kd_loss

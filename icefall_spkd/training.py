@@ -374,13 +374,18 @@ def run(rank: int, world_size: int, args: Any, dist_env: Optional[DistEnv] = Non
         )
 
     valid_cuts = datamodule.dev_cuts()
-    augment_in_step = teacher is not None and params.get("kd_teacher_input", "augmented") == "clean"
+    clean_teacher = teacher is not None and params.get("kd_teacher_input", "augmented") == "clean"
+    late_augment = int(params.get("spec_aug_start_batch", 0)) > 0
+    augment_in_step = clean_teacher or late_augment
     if augment_in_step:
         params.student_spec_augment = datamodule.spec_augment()  # None without --enable-spec-aug
-        logging.info(
-            "KD teacher input: clean features; SpecAugment "
-            + ("applied to the student's copy in the training step" if params.student_spec_augment else "off")
-        )
+        if clean_teacher:
+            logging.info(
+                "KD teacher input: clean features; SpecAugment "
+                + ("applied to the student's copy in the training step" if params.student_spec_augment else "off")
+            )
+        if late_augment and params.student_spec_augment is not None:
+            logging.info(f"SpecAugment in the training step from update {params.spec_aug_start_batch} on")
     train_dl = datamodule.train_dataloaders(
         train_cuts, sampler_state_dict=sampler_state, spec_augment_in_loader=not augment_in_step
     )

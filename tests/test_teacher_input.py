@@ -106,3 +106,22 @@ def test_default_teacher_sees_the_student_input(tmp_path: Path) -> None:
     seen = _seen_inputs(params, student, teacher, batch)
     assert torch.equal(seen["teacher"], batch["inputs"])
     assert torch.equal(seen["student"], batch["inputs"])
+
+
+def test_spec_augment_starts_at_its_update(tmp_path: Path) -> None:
+    """--spec-aug-start-batch N: clean input before update N, augmented from N on, for both models."""
+    student, teacher = _model(32, 0), freeze_teacher(_model(48, 1))
+    batch = _batch()
+    clean = batch["inputs"].clone()
+    params = _params(tmp_path, "--spec-aug-start-batch", "100")
+    params.student_spec_augment = SpecAugment(
+        time_warp_factor=20, num_frame_masks=4, features_mask_size=20, num_feature_masks=2,
+        frames_mask_size=20,
+    )  # what training.run sets for --spec-aug-start-batch > 0
+    params.batch_idx_train = 99
+    seen = _seen_inputs(params, student, teacher, batch)
+    assert torch.equal(seen["student"], clean) and torch.equal(seen["teacher"], clean)
+    params.batch_idx_train = 100
+    seen = _seen_inputs(params, student, teacher, batch)
+    assert not torch.equal(seen["student"], clean)
+    assert torch.equal(seen["teacher"], seen["student"])  # augmented teacher input: the same copy
