@@ -333,3 +333,21 @@ def test_teacher_input_reaches_the_kd_rows_only(run_table, monkeypatch, tmp_path
     args = run_table.get_parser().parse_args([])  # augmented, as the old runs
     run_table.link_reusable_runs(args, dst, [("pkd", 42)], [src])
     assert (dst / "pkd/seed-42").is_symlink()
+
+
+def test_teacher_train_args_reach_the_teacher_only(run_table, monkeypatch, tmp_path):
+    argv = ["--train-args", "--base-lr 5e-3", "--teacher-train-args", "--base-lr 2e-3 --use-ctc true"]
+    for d in ("t", "t2", "baseline", "pkd"):
+        (tmp_path / d).mkdir()
+    teacher = _train_cmd(run_table, monkeypatch, tmp_path / "t", "teacher", argv)
+    assert _flag(teacher, "--base-lr") == "2e-3" and _flag(teacher, "--use-ctc") == "true"
+    for key in ("baseline", "pkd"):
+        cmd = _train_cmd(run_table, monkeypatch, tmp_path / key, key, argv)
+        assert _flag(cmd, "--base-lr") == "5e-3" and "--use-ctc" not in cmd
+    # without it the teacher gets --train-args like every row
+    teacher = _train_cmd(run_table, monkeypatch, tmp_path / "t2", "teacher", argv[:2])
+    assert _flag(teacher, "--base-lr") == "5e-3"
+    # a baseline does not depend on the teacher's arguments; the teacher and KD rows do
+    assert "teacher_train_args" not in run_table.row_settings("baseline")
+    assert "teacher_train_args" in run_table.row_settings("teacher")
+    assert "teacher_train_args" in run_table.row_settings("pkd")

@@ -149,6 +149,11 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--test-sets", default=",".join(TEST_SETS))
     p.add_argument("--train-args", default="", help="extra train.py arguments for every row")
+    p.add_argument(
+        "--teacher-train-args",
+        default=None,
+        help="extra train.py arguments for the teacher instead of --train-args (default: the same)",
+    )
     p.add_argument("--title", default="SP-KD comparison")
     p.add_argument(
         "--jobs",
@@ -235,7 +240,8 @@ def train(args, key: str, seed: int, exp_dir: Path, teacher_ckpt: Optional[Path]
             if v is not None:
                 cmd += [f"--{k.replace('_', '-')}", str(v)]
         cmd += ["--kd-teacher-input", args.kd_teacher_input, *row.train_flags]
-    cmd += shlex.split(args.train_args)
+    extra = args.teacher_train_args if row.is_teacher and args.teacher_train_args is not None else args.train_args
+    cmd += shlex.split(extra)
     t0 = time.time()
     _run(cmd, args.dry_run, exp_dir / "driver-train.log")
     if args.dry_run:
@@ -368,6 +374,7 @@ def provenance() -> str:
 RESULT_SETTINGS = (
     "seeds", "teacher_preset", "student_preset", "teacher_epochs", "num_epochs", "avg",
     "max_duration", "bpe_model", *KD_SETTINGS, "row_kd_scale", "kd_teacher_input", "train_args",
+    "teacher_train_args",
 )  # fmt: skip
 #: Settings that only set the KD rows' weights: a row compares the KD settings
 #: it gets from them (row_kd_settings), not their raw values.
@@ -386,7 +393,8 @@ def row_settings(key: str) -> tuple:
     if row.is_teacher:
         skip |= {"student_preset", "num_epochs", "kd_teacher_input", *KD_WEIGHT_SETTINGS}
     elif not row.uses_teacher:
-        skip |= {"teacher_preset", "teacher_epochs", "kd_teacher_input", *KD_WEIGHT_SETTINGS}
+        skip |= {"teacher_preset", "teacher_epochs", "teacher_train_args", "kd_teacher_input",
+                 *KD_WEIGHT_SETTINGS}
     return tuple(k for k in RESULT_SETTINGS if k not in skip)
 
 
