@@ -46,6 +46,13 @@ def _params(tmp_path: Path, *flags: str):
     return params
 
 
+def _spec_augment() -> SpecAugment:
+    return SpecAugment(
+        time_warp_factor=20, num_frame_masks=4, features_mask_size=20, num_feature_masks=2,
+        frames_mask_size=20,
+    )
+
+
 def _batch() -> dict:
     g = torch.Generator().manual_seed(3)
     return {
@@ -82,10 +89,7 @@ def test_teacher_sees_clean_features(tmp_path: Path) -> None:
     batch = _batch()
     clean = batch["inputs"].clone()
     params = _params(tmp_path, "--kd-teacher-input", "clean")
-    params.student_spec_augment = SpecAugment(
-        time_warp_factor=20, num_frame_masks=4, features_mask_size=20, num_feature_masks=2,
-        frames_mask_size=20,
-    )  # what training.run sets for --kd-teacher-input clean
+    params.student_spec_augment = _spec_augment()  # what training.run sets for --kd-teacher-input clean
     seen = _seen_inputs(params, student, teacher, batch)
     assert torch.equal(seen["teacher"], clean)
     assert seen["student"].shape == clean.shape
@@ -114,10 +118,7 @@ def test_spec_augment_starts_at_its_update(tmp_path: Path) -> None:
     batch = _batch()
     clean = batch["inputs"].clone()
     params = _params(tmp_path, "--spec-aug-start-batch", "100")
-    params.student_spec_augment = SpecAugment(
-        time_warp_factor=20, num_frame_masks=4, features_mask_size=20, num_feature_masks=2,
-        frames_mask_size=20,
-    )  # what training.run sets for --spec-aug-start-batch > 0
+    params.student_spec_augment = _spec_augment()  # what training.run sets for --spec-aug-start-batch > 0
     params.batch_idx_train = 99
     seen = _seen_inputs(params, student, teacher, batch)
     assert torch.equal(seen["student"], clean) and torch.equal(seen["teacher"], clean)
