@@ -507,11 +507,12 @@ def plot_chart(
     ax.set_ylabel("WER (%)")
     # wrap each line of a long title so that it stays inside the figure
     ax.set_title("\n".join(textwrap.fill(line, 60) for line in title.split("\n")), fontsize=10)
-    ax.legend()
+    # outside the axes, on the right: with many rows no corner is free of bars
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
+    fig.savefig(out_png, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
