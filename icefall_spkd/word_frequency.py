@@ -15,9 +15,10 @@ the WER's numerator.
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 from .wer import EPS, Result, align_words
 
@@ -29,13 +30,13 @@ class FrequencyBucket:
     """Reference words whose training count lies in ``[low, high]``."""
 
     low: int
-    high: int  # inclusive; -1 means no upper bound
+    high: Optional[int]  # inclusive; None: no upper bound
     words: int  # reference word tokens in the bucket
     errors: int  # of those, deleted or substituted
 
     @property
     def label(self) -> str:
-        if self.high < 0:
+        if self.high is None:
             return f">={self.low}"
         return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
 
@@ -75,7 +76,7 @@ def errors_by_train_count(
     >=3. Returns the buckets and the number of inserted words.
     """
     lows = [0, *edges]
-    highs = [e - 1 for e in edges] + [-1]
+    highs: list[Optional[int]] = [e - 1 for e in edges] + [None]
     words = [0] * len(lows)
     errors = [0] * len(lows)
     insertions = 0
@@ -84,8 +85,7 @@ def errors_by_train_count(
             if r == EPS:
                 insertions += 1
                 continue
-            count = train_counts.get(r, 0)
-            k = max(i for i, low in enumerate(lows) if count >= low)
+            k = bisect.bisect_right(lows, train_counts.get(r, 0)) - 1
             words[k] += 1
             errors[k] += r != h
     buckets = [FrequencyBucket(lo, hi, n, e) for lo, hi, n, e in zip(lows, highs, words, errors)]
