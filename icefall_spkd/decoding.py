@@ -136,6 +136,24 @@ def load_vocabulary(params: AttributeDict) -> Any:
     return table
 
 
+def load_fusion_lm(params: AttributeDict) -> Optional[Any]:
+    """The shallow-fusion LM of ``--lm-path``, checked against the vocabulary, or ``None``.
+
+    Call after :func:`load_vocabulary` (it needs ``params.vocab_size``).
+    """
+    if not params.get("lm_path") or params.get("lm_scale", 0.0) == 0.0:
+        return None
+    from icefall_spkd.ngram_lm import TokenNgramLm
+
+    lm = TokenNgramLm.load(params.lm_path)
+    if lm.vocab_size != params.vocab_size:
+        raise SystemExit(
+            f"{params.lm_path}: LM over {lm.vocab_size} tokens, the model has {params.vocab_size}; "
+            "train the LM with the model's --bpe-model"
+        )
+    return lm
+
+
 def decoding_plan(params: AttributeDict, known_sets: Sequence[str]) -> Tuple[List[str], str, str]:
     """Check decode.py's options; return ``(test_sets, file suffix, results key)``.
 
@@ -154,6 +172,13 @@ def decoding_plan(params: AttributeDict, known_sets: Sequence[str]) -> Tuple[Lis
     if params.decoding_method in ("beam_search", "modified_beam_search"):
         suffix += f"-beam-size-{params.beam_size}"
         key = f"beam_size_{params.beam_size}"
+    if params.get("lm_path") and params.get("lm_scale", 0.0) != 0.0:
+        if params.decoding_method != "modified_beam_search":
+            raise SystemExit(
+                f"--lm-path works with modified_beam_search only, not {params.decoding_method}"
+            )
+        suffix += f"-lm-scale-{params.lm_scale}"
+        key += f"_lm_scale_{params.lm_scale}"
     elif params.max_sym_per_frame > 1:
         suffix += f"-max-sym-per-frame-{params.max_sym_per_frame}"
     return test_sets, suffix, key
@@ -329,7 +354,9 @@ def decode_one_batch(
     """Decode a batch; returns ``(cut_ids, ref_texts, hyp_texts)`` in input order.
 
     ``sp``: anything with ``decode(ids) -> str`` (see :func:`load_vocabulary`).
-    ``params.max_sym_per_frame`` (default 1) applies to greedy_search.
+    ``params.max_sym_per_frame`` (default 1) applies to greedy_search;
+    ``params.lm`` (a token LM, see :func:`load_fusion_lm`) and ``params.lm_scale``
+    to modified_beam_search (shallow fusion).
     """
     from icefall_spkd.search import beam_search, greedy_search_batch, modified_beam_search
 
@@ -344,7 +371,14 @@ def decode_one_batch(
     elif params.decoding_method == "beam_search":
         hyp_tokens = beam_search(model, encoder_out, encoder_out_lens, beam=params.beam_size)
     elif params.decoding_method == "modified_beam_search":
-        hyp_tokens = modified_beam_search(model, encoder_out, encoder_out_lens, beam=params.beam_size)
+        hyp_tokens = modified_beam_search(
+            model,
+            encoder_out,
+            encoder_out_lens,
+            beam=params.beam_size,
+            lm=params.get("lm"),
+            lm_scale=float(params.get("lm_scale", 0.0)),
+        )
     else:
         raise ValueError(
             f"Unknown --decoding-method {params.decoding_method!r}; use one of {DECODING_METHODS}"

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Hashable, Iterator, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -55,6 +55,19 @@ __all__ = [
     "hypothesis_score",
     "modified_beam_search",
 ]
+
+
+class TokenLm(Protocol):
+    """What shallow fusion needs of a token language model."""
+
+    def state(self, tokens: Sequence[int]) -> Hashable:
+        """The LM state after ``tokens``."""
+
+    def log_probs(self, state: Hashable) -> torch.Tensor:
+        """``log P(v | state)`` for every token id ``v``, shape ``(vocab_size,)``."""
+
+    def eos_log_prob(self, state: Hashable) -> float:
+        """``log P(end of sentence | state)``."""
 
 
 def _log_add(a: float, b: float) -> float:
@@ -84,10 +97,15 @@ def hypothesis_score(
 
 @dataclass
 class Hypothesis:
-    """One beam entry: the emitted tokens (no blanks) and their total log-probability."""
+    """One beam entry: the emitted tokens (no blanks) and their total log-probability.
+
+    ``lm_score`` is the scaled language-model log-probability of ``tokens``
+    in shallow fusion (0 without an LM); ``log_prob`` stays the transducer's.
+    """
 
     tokens: tuple[int, ...]
     log_prob: float
+    lm_score: float = 0.0
 
     def context(self, context_size: int, blank_id: int) -> list[int]:
         """The decoder context: the last ``context_size`` tokens, left-padded with blank."""
@@ -113,7 +131,7 @@ class HypothesisList:
         """Insert ``hyp``, merging by log-add with an existing equal token sequence."""
         old = self._data.get(hyp.tokens)
         if old is None:
-            self._data[hyp.tokens] = Hypothesis(hyp.tokens, hyp.log_prob)
+            self._data[hyp.tokens] = Hypothesis(hyp.tokens, hyp.log_prob, hyp.lm_score)
         else:
             old.log_prob = _log_add(old.log_prob, hyp.log_prob)
 
@@ -350,6 +368,8 @@ def modified_beam_search(
     beam: int = 4,
     return_nbest: bool = False,
     length_norm: bool = True,
+    lm: Optional[TokenLm] = None,
+    lm_scale: float = 0.0,
 ) -> list[list[int]] | list[list[tuple[list[int], float]]]:
     """Batched modified beam search, at most one symbol per frame.
 
@@ -370,13 +390,24 @@ def modified_beam_search(
       return_nbest: return all final hypotheses instead of the best one.
       length_norm: rank final hypotheses by ``log_prob / max(len(tokens), 1)``
         (see the module docstring) instead of ``log_prob``.
+      lm: a token language model for shallow fusion (e.g.
+        :class:`icefall_spkd.ngram_lm.TokenNgramLm`). Every non-blank
+        expansion by ``v`` then also scores ``lm_scale * log P_lm(v | tokens)``,
+        and a final hypothesis ``lm_scale * log P_lm(end | tokens)``: the
+        search ranks ``log P(y | x) + lm_scale * log P_lm(y)``. Merged
+        expansions have the same tokens, hence the same LM score, so the
+        log-add above still sums the transducer's alignments only.
+      lm_scale: the LM weight (``lm`` unused when 0).
     Returns:
       Without ``return_nbest``: one token list (no blanks) per utterance.
       With ``return_nbest``: per utterance, a list of ``(tokens, log_prob)``
       for every distinct final hypothesis, best first by the same criterion;
-      ``log_prob`` is the un-normalised total log-probability.
+      ``log_prob`` is the un-normalised total log-probability (the
+      transducer's alone, also with an LM).
     """
     assert beam >= 1, beam
+    if lm_scale == 0.0:
+        lm = None
     lens = _check_inputs(encoder_out, encoder_out_lens)
     n = len(lens)
     device = encoder_out.device
@@ -427,6 +458,13 @@ def modified_beam_search(
         vocab_size = log_probs.size(-1)
         prev = torch.tensor([h.log_prob for h in flat], dtype=torch.float32, device=device)
         scores = log_probs + prev.unsqueeze(1)  # (H, V)
+        if lm is not None:
+            # Fused scores: the hypothesis's LM total plus the next token's, blank unscored.
+            lm_next = lm_scale * torch.stack([lm.log_probs(lm.state(h.tokens)) for h in flat]).to(device)
+            lm_next[:, blank_id] = 0.0
+            lm_prev = torch.tensor([h.lm_score for h in flat], dtype=torch.float32, device=device)
+            scores = scores + lm_prev.unsqueeze(1) + lm_next
+            lm_next_l = lm_next.tolist()
 
         if fold_i:
             ii = torch.tensor(fold_i, device=device)
@@ -456,10 +494,29 @@ def modified_beam_search(
             for val, idx in zip(top_vals_l[a][:k_b], top_idx_l[a][:k_b]):
                 h_pos, v = divmod(idx, vocab_size)
                 src = flat[offsets[a] + h_pos]
-                tokens = src.tokens if v == blank_id else src.tokens + (v,)
-                new_hyps.add(Hypothesis(tokens, val))
+                if v == blank_id:
+                    new_hyps.add(Hypothesis(src.tokens, val - src.lm_score, src.lm_score))
+                else:
+                    lm_score = src.lm_score + lm_next_l[offsets[a] + h_pos][v] if lm is not None else 0.0
+                    new_hyps.add(Hypothesis(src.tokens + (v,), val - lm_score, lm_score))
             hyps[b] = new_hyps
 
+    if lm is None:
+        ranked = [hl.sorted(length_norm) for hl in hyps]
+    else:
+        ranked = [_rank_with_lm(hl, lm, lm_scale, length_norm) for hl in hyps]
     if return_nbest:
-        return [[(list(h.tokens), h.log_prob) for h in hl.sorted(length_norm)] for hl in hyps]
-    return [list(hl.best(length_norm).tokens) for hl in hyps]
+        return [[(list(h.tokens), h.log_prob) for h in hl] for hl in ranked]
+    return [list(hl[0].tokens) for hl in ranked]
+
+
+def _rank_with_lm(
+    hyps: HypothesisList, lm: TokenLm, lm_scale: float, length_norm: bool
+) -> list[Hypothesis]:
+    """Final hypotheses, best first by the fused score with the LM's end-of-sentence term."""
+
+    def fused(h: Hypothesis) -> float:
+        total = h.log_prob + h.lm_score + lm_scale * lm.eos_log_prob(lm.state(h.tokens))
+        return hypothesis_score(h.tokens, total, length_norm)
+
+    return sorted(hyps, key=fused, reverse=True)

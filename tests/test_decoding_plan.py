@@ -26,12 +26,25 @@ def test_names_as_written_by_hand() -> None:
     assert (suffix, key) == ("iter-1200-avg-1-beam-size-4", "beam_size_4")
     _, suffix, _ = decoding_plan(_params(max_sym_per_frame=3, use_averaged_model=False), ("dev",))
     assert suffix == "epoch-30-avg-9-max-sym-per-frame-3"
+    _, suffix, key = decoding_plan(
+        _params(decoding_method="modified_beam_search", lm_path="lm.pt", lm_scale=0.3), ("dev",)
+    )
+    assert (suffix, key) == (
+        "epoch-30-avg-9-use-averaged-model-beam-size-4-lm-scale-0.3",
+        "beam_size_4_lm_scale_0.3",
+    )
+    # An LM at scale 0 is no LM: the names stay those of plain search.
+    _, suffix, _ = decoding_plan(
+        _params(decoding_method="modified_beam_search", lm_path="lm.pt", lm_scale=0.0), ("dev",)
+    )
+    assert suffix == "epoch-30-avg-9-use-averaged-model-beam-size-4"
 
 
 @pytest.mark.parametrize(
     "kw, message",
     [(dict(test_sets=["dev,test-opne"]), "Unknown test set 'test-opne'"),
-     (dict(max_sym_per_frame=0), "--max-sym-per-frame must be >= 1")],
+     (dict(max_sym_per_frame=0), "--max-sym-per-frame must be >= 1"),
+     (dict(lm_path="lm.pt", lm_scale=0.3), "--lm-path works with modified_beam_search only")],
 )
 def test_bad_options_exit_with_one_line(kw, message) -> None:
     with pytest.raises(SystemExit, match=message) as e:

@@ -16,6 +16,9 @@ Usage (from egs/librispeech/ASR)::
 Decoding methods: ``greedy_search`` (``--max-sym-per-frame``, default 1),
 ``beam_search`` (icefall's standard beam search, several symbols per frame)
 and ``modified_beam_search`` (one symbol per frame), both with ``--beam-size``.
+``modified_beam_search`` also takes ``--lm-path`` (a token n-gram LM made by
+``local/train_token_lm.py``) and ``--lm-scale`` for shallow fusion; the
+result files then end in ``-lm-scale-<s>``.
 ``--use-averaged-model`` is true by default (as in icefall): the model
 averaged over epochs ``epoch-avg`` (excluded) to ``epoch``.
 
@@ -50,6 +53,7 @@ from icefall_spkd.decoding import (
     decode_dataset,
     decoding_plan,
     explicit_model_flags,
+    load_fusion_lm,
     load_model_weights,
     load_vocabulary,
     save_results,
@@ -79,6 +83,15 @@ def get_parser() -> argparse.ArgumentParser:
         help="Most symbols greedy_search emits on one frame.",
     )
     g.add_argument(
+        "--lm-path",
+        type=str,
+        default=None,
+        help="Token n-gram LM (local/train_token_lm.py) for shallow fusion in modified_beam_search.",
+    )
+    g.add_argument(
+        "--lm-scale", type=float, default=0.3, help="Weight of --lm-path's log-probabilities."
+    )
+    g.add_argument(
         "--test-sets",
         type=str,
         nargs="+",
@@ -104,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     sp = load_vocabulary(params)  # --bpe-model when given, else --tokens
     logging.info(params)
+    params.lm = load_fusion_lm(params)  # after logging params: the LM is large
 
     # The architecture stored in the checkpoint (model flags are only needed for
     # files without one; a flag that contradicts it is an error).
