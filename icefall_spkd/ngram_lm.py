@@ -82,6 +82,7 @@ class TokenNgramLm:
         predicted[[blank_id, self.bos]] = 0.0
         self._uniform = predicted / predicted.sum()
         self._cache: Dict[History, np.ndarray] = {}
+        self._log_cache: Dict[History, torch.Tensor] = {}
 
     def state(self, tokens: Sequence[int]) -> History:
         """The history that predicts the token after ``tokens`` (begin-padded)."""
@@ -114,10 +115,15 @@ class TokenNgramLm:
         """``log P(w | history)`` for every token id ``w`` (shape ``(vocab_size,)``).
 
         The blank's entry is 0 (it is not a word piece; fusion must not score it).
+        The tensor is cached and shared: do not modify it.
         """
-        dist = self._distribution(history)[: self.vocab_size].copy()
-        dist[self.blank_id] = 1.0
-        return torch.from_numpy(np.log(dist)).float()
+        cached = self._log_cache.get(history)
+        if cached is None:
+            dist = self._distribution(history)[: self.vocab_size].copy()
+            dist[self.blank_id] = 1.0
+            cached = torch.from_numpy(np.log(dist)).float()
+            self._log_cache[history] = cached
+        return cached
 
     def eos_log_prob(self, history: History) -> float:
         """``log P(end of sentence | history)``."""

@@ -257,6 +257,7 @@ def _fake_pipeline(run_table, monkeypatch):
             suffix = f"epoch-{flag['--epoch']}-avg-{flag['--avg']}"
             suffix += "-use-averaged-model" if flag["--use-averaged-model"] == "true" else ""
             suffix += "-beam-size-4" if method == "modified_beam_search" else ""
+            suffix += f"-lm-scale-{flag['--lm-scale']}" if "--lm-path" in flag else ""
             sets = cmd[cmd.index("--test-sets") + 1 :]
             n_err = ROW_ERRORS[key] + (seed - 42 if key == "baseline" else 0)
             results = [
@@ -311,6 +312,40 @@ def test_fair_table_from_fake_runs(run_table, monkeypatch, tmp_path):
     boot = [ln for ln in lines if ln.startswith("| SP-KD (teacher sampler, N=2) | PKD")]
     assert "| 42, 43, 44 | 20 | -10.00 |" in boot[0]
     assert "| 42, 43, 44 | 20 | +0.00 | [+0.00, +0.00] |" in boot[1]
+
+
+def test_lm_method_decodes_with_the_lm_and_keeps_both_results(run_table, monkeypatch, tmp_path):
+    """modified_beam_search_lm: decode.py gets --lm-path/--lm-scale; both methods' WERs are kept."""
+    import json
+
+    _fake_pipeline(run_table, monkeypatch)
+    decodes = []
+    fake_run = run_table._run
+
+    def spy(cmd, dry_run, log_file=None):
+        if cmd[1].endswith("decode.py"):
+            decodes.append(cmd)
+        fake_run(cmd, dry_run, log_file)
+
+    monkeypatch.setattr(run_table, "_run", spy)
+    lm = tmp_path / "lm.pt"
+    argv = ["run_table.py", "--rows", "baseline", "--exp-root", str(tmp_path / "exp"),
+            "--test-sets", "dev", "--decoding-methods", "modified_beam_search,modified_beam_search_lm",
+            "--lm-scale", "0.5", "--lm-path", str(lm)]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit, match="needs --lm-path to an LM file"):
+        run_table.main()
+    lm.write_bytes(b"")
+    run_table.main()
+    assert len(decodes) == 2
+    plain, fused = decodes
+    assert "--lm-path" not in plain
+    assert _flag(fused, "--decoding-method") == "modified_beam_search"
+    assert _flag(fused, "--lm-path") == str(lm) and _flag(fused, "--lm-scale") == "0.5"
+    d = tmp_path / "exp/baseline/seed-42"
+    assert (d / "modified_beam_search/errs-dev-epoch-6-avg-2-use-averaged-model-beam-size-4-lm-scale-0.5.txt").exists()
+    wer = json.loads((d / "result.json").read_text())["wer"]
+    assert set(wer) == {"modified_beam_search", "modified_beam_search_lm"}
 
 
 def test_teacher_input_reaches_the_kd_rows_only(run_table, monkeypatch, tmp_path):

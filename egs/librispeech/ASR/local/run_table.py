@@ -145,8 +145,17 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap-resamples", type=int, default=10000)
     p.add_argument("--bootstrap-seed", type=int, default=0)
     p.add_argument(
-        "--decoding-methods", default="modified_beam_search,greedy_search", help="comma-separated"
+        "--decoding-methods",
+        default="modified_beam_search,greedy_search",
+        help="comma-separated; modified_beam_search_lm is modified_beam_search with shallow "
+        "fusion of --lm-path at --lm-scale",
     )
+    p.add_argument(
+        "--lm-path",
+        default=None,
+        help="token n-gram LM (local/train_token_lm.py) of modified_beam_search_lm",
+    )
+    p.add_argument("--lm-scale", type=float, default=0.3, help="its weight")
     p.add_argument("--test-sets", default=",".join(TEST_SETS))
     p.add_argument("--train-args", default="", help="extra train.py arguments for every row")
     p.add_argument(
@@ -262,14 +271,24 @@ def averaging(args, epochs: int) -> tuple[int, bool]:
     return (avg, True) if avg >= 1 else (1, False)
 
 
+LM_METHOD = "modified_beam_search_lm"
+
+
+def search_method(method: str) -> str:
+    """decode.py's ``--decoding-method`` (and result folder) for a table method."""
+    return "modified_beam_search" if method == LM_METHOD else method
+
+
 def decode_suffix(args, key: str, method: str) -> str:
     """The ``<suffix>`` of the ``errs-<set>-<suffix>.txt`` files decode() makes for ``key``."""
     row = TABLE_ROWS[key]
     epochs = (args.teacher_epochs or args.num_epochs) if row.is_teacher else args.num_epochs
     avg, use_avg = averaging(args, epochs)
     suffix = f"epoch-{epochs}-avg-{avg}" + ("-use-averaged-model" if use_avg else "")
-    if method == "modified_beam_search":
+    if search_method(method) == "modified_beam_search":
         suffix += "-beam-size-4"
+    if method == LM_METHOD:
+        suffix += f"-lm-scale-{args.lm_scale}"
     return suffix
 
 
@@ -279,7 +298,7 @@ def decode(args, key: str, exp_dir: Path, method: str, test_sets: List[str]) -> 
     epochs = (args.teacher_epochs or args.num_epochs) if row.is_teacher else args.num_epochs
     avg, use_avg = averaging(args, epochs)
     suffix = decode_suffix(args, key, method)
-    out = exp_dir / method
+    out = exp_dir / search_method(method)
     wanted = {s: out / f"errs-{s}-{suffix}.txt" for s in test_sets}
     missing = [s for s, f in wanted.items() if not f.exists()]
     if missing:
@@ -289,13 +308,15 @@ def decode(args, key: str, exp_dir: Path, method: str, test_sets: List[str]) -> 
             "--epoch", str(epochs),
             "--avg", str(avg),
             "--use-averaged-model", str(use_avg).lower(),
-            "--decoding-method", method,
+            "--decoding-method", search_method(method),
             "--beam-size", "4",
             "--max-duration", str(args.max_duration),
             "--bpe-model", args.bpe_model,
             "--model-preset", args.teacher_preset if row.is_teacher else args.student_preset,
-            "--test-sets", *missing,
         ]  # fmt: skip
+        if method == LM_METHOD:
+            cmd += ["--lm-path", str(args.lm_path), "--lm-scale", str(args.lm_scale)]
+        cmd += ["--test-sets", *missing]
         _run(cmd, args.dry_run, exp_dir / "driver-decode.log")
     if args.dry_run:
         return {}
@@ -518,7 +539,7 @@ def bootstrap_section(
     for key in wanted:
         for run in results[key]:
             f = (
-                exp_root / key / f"seed-{run['seed']}" / method
+                exp_root / key / f"seed-{run['seed']}" / search_method(method)
                 / f"recogs-{test_set}-{decode_suffix(args, key, method)}.txt"
             )  # fmt: skip
             if not f.exists():
@@ -552,6 +573,13 @@ def main() -> None:
         raise SystemExit(f"unknown rows {unknown}; choose from {list(TABLE_ROWS)}")
     test_sets = [s for s in args.test_sets.split(",") if s]
     methods = [m for m in args.decoding_methods.split(",") if m]
+    if args.lm_path and not Path(args.lm_path).is_absolute():
+        args.lm_path = str(RECIPE / args.lm_path)
+    if LM_METHOD in methods and not (args.lm_path and Path(args.lm_path).is_file()):
+        raise SystemExit(
+            f"{LM_METHOD} needs --lm-path to an LM file (got {args.lm_path}); "
+            "make one with local/train_token_lm.py"
+        )
     seeds = [int(s) for s in args.seeds.split(",") if s]
     extra = [int(s) for s in args.extra_seeds.split(",") if s]
     extra_rows = set(args.extra_seed_rows.split(","))
