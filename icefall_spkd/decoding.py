@@ -179,6 +179,9 @@ def decoding_plan(params: AttributeDict, known_sets: Sequence[str]) -> Tuple[Lis
             )
         suffix += f"-lm-scale-{params.lm_scale}"
         key += f"_lm_scale_{params.lm_scale}"
+        if params.get("lm_token_bonus", 0.0):
+            suffix += f"-token-bonus-{params.lm_token_bonus}"
+            key += f"_token_bonus_{params.lm_token_bonus}"
     elif params.max_sym_per_frame > 1:
         suffix += f"-max-sym-per-frame-{params.max_sym_per_frame}"
     return test_sets, suffix, key
@@ -355,8 +358,8 @@ def decode_one_batch(
 
     ``sp``: anything with ``decode(ids) -> str`` (see :func:`load_vocabulary`).
     ``params.max_sym_per_frame`` (default 1) applies to greedy_search;
-    ``params.lm`` (a token LM, see :func:`load_fusion_lm`) and ``params.lm_scale``
-    to modified_beam_search (shallow fusion).
+    ``params.lm`` (a token LM, see :func:`load_fusion_lm`), ``params.lm_scale``
+    and ``params.lm_token_bonus`` to modified_beam_search (shallow fusion).
     """
     from icefall_spkd.search import beam_search, greedy_search_batch, modified_beam_search
 
@@ -378,6 +381,7 @@ def decode_one_batch(
             beam=params.beam_size,
             lm=params.get("lm"),
             lm_scale=float(params.get("lm_scale", 0.0)),
+            lm_token_bonus=float(params.get("lm_token_bonus", 0.0)),
         )
     else:
         raise ValueError(

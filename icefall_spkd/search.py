@@ -370,6 +370,7 @@ def modified_beam_search(
     length_norm: bool = True,
     lm: Optional[TokenLm] = None,
     lm_scale: float = 0.0,
+    lm_token_bonus: float = 0.0,
 ) -> list[list[int]] | list[list[tuple[list[int], float]]]:
     """Batched modified beam search, at most one symbol per frame.
 
@@ -398,6 +399,10 @@ def modified_beam_search(
         expansions have the same tokens, hence the same LM score, so the
         log-add above still sums the transducer's alignments only.
       lm_scale: the LM weight (``lm`` unused when 0).
+      lm_token_bonus: with an LM, a reward added for every emitted token
+        (a length bonus): the LM's per-token cost otherwise pushes the
+        search to delete. The search then ranks
+        ``log P(y | x) + lm_scale * log P_lm(y) + lm_token_bonus * len(y)``.
     Returns:
       Without ``return_nbest``: one token list (no blanks) per utterance.
       With ``return_nbest``: per utterance, a list of ``(tokens, log_prob)``
@@ -461,6 +466,7 @@ def modified_beam_search(
         if lm is not None:
             # Fused scores: the hypothesis's LM total plus the next token's, blank unscored.
             lm_next = lm_scale * torch.stack([lm.log_probs(lm.state(h.tokens)) for h in flat]).to(device)
+            lm_next += lm_token_bonus
             lm_next[:, blank_id] = 0.0
             lm_prev = torch.tensor([h.lm_score for h in flat], dtype=torch.float32, device=device)
             scores = scores + lm_prev.unsqueeze(1) + lm_next

@@ -6,7 +6,8 @@
 * save/load round trip, and one-line errors for bad files and bad ids;
 * shallow fusion in modified beam search: with a wide beam its pick is the
   exhaustively enumerated arg-max of ``log P(y|x) + s * log P_lm(y)`` (the
-  LM here is an explicit random bigram table, not the Kneser-Ney code), its
+  LM here is an explicit random bigram table, not the Kneser-Ney code;
+  plus ``b * len(y)`` with a token bonus ``b``), its
   n-best scores stay the transducer's exact ones, and with beam 1 it equals
   a step-by-step fused arg-max written out here.
 """
@@ -131,14 +132,14 @@ class _TableBigram:
         return out + self.table[prev, self.vocab_size].item()
 
 
-@pytest.mark.parametrize("length_norm", [True, False])
-def test_fusion_wide_beam_picks_the_enumerated_fused_argmax(length_norm: bool) -> None:
+@pytest.mark.parametrize("length_norm, bonus", [(True, 0.0), (False, 0.0), (True, 0.7), (False, 1.3)])
+def test_fusion_wide_beam_picks_the_enumerated_fused_argmax(length_norm: bool, bonus: float) -> None:
     vocab_size, dim, scale = 4, 6, 1.5
     model = _make_model(vocab_size, dim, 2, seed=21)
     lens_list = [4, 3, 2]
     enc, lens = _padded_batch(lens_list, dim, seed=22)
     lm = _TableBigram(vocab_size, seed=23)
-    kwargs = dict(beam=130, length_norm=length_norm, lm=lm, lm_scale=scale)
+    kwargs = dict(beam=130, length_norm=length_norm, lm=lm, lm_scale=scale, lm_token_bonus=bonus)
     nbest = modified_beam_search(model, enc, lens, return_nbest=True, **kwargs)
     best = modified_beam_search(model, enc, lens, **kwargs)
     changed = 0
@@ -150,7 +151,7 @@ def test_fusion_wide_beam_picks_the_enumerated_fused_argmax(length_norm: bool) -
             assert got[y] == pytest.approx(lp, abs=1e-4)
 
         def fused(y: tuple[int, ...], ref: dict = ref) -> float:
-            total = ref[y] + scale * lm.total(y)
+            total = ref[y] + scale * lm.total(y) + bonus * len(y)
             return total / max(len(y), 1) if length_norm else total
 
         assert tuple(best[b]) == max(ref, key=fused)
@@ -161,13 +162,14 @@ def test_fusion_wide_beam_picks_the_enumerated_fused_argmax(length_norm: bool) -
     assert changed > 0, "degenerate test: the LM never changed the pick"
 
 
-def test_fusion_beam1_is_the_fused_greedy_path() -> None:
+@pytest.mark.parametrize("bonus", [0.0, 0.5])
+def test_fusion_beam1_is_the_fused_greedy_path(bonus: float) -> None:
     vocab_size, dim, scale = 6, 8, 0.8
     model = _make_model(vocab_size, dim, 2, seed=31)
     lens_list = [9, 5, 12]
     enc, lens = _padded_batch(lens_list, dim, seed=32)
     lm = _TableBigram(vocab_size, seed=33)
-    got = modified_beam_search(model, enc, lens, beam=1, lm=lm, lm_scale=scale)
+    got = modified_beam_search(model, enc, lens, beam=1, lm=lm, lm_scale=scale, lm_token_bonus=bonus)
     plain = modified_beam_search(model, enc, lens, beam=1)
     assert got != plain, "degenerate test: the LM changed nothing"
     for b, n in enumerate(lens_list):
@@ -176,7 +178,8 @@ def test_fusion_beam1_is_the_fused_greedy_path() -> None:
         for t in range(n):
             lp = frame_log_probs(t, tokens)
             scores = [lp[0]] + [
-                lp[v] + scale * lm.table[lm.state(tokens), v].item() for v in range(1, vocab_size)
+                lp[v] + scale * lm.table[lm.state(tokens), v].item() + bonus
+                for v in range(1, vocab_size)
             ]
             v = max(range(vocab_size), key=lambda i: scores[i])
             if v:

@@ -17,8 +17,9 @@ Decoding methods: ``greedy_search`` (``--max-sym-per-frame``, default 1),
 ``beam_search`` (icefall's standard beam search, several symbols per frame)
 and ``modified_beam_search`` (one symbol per frame), both with ``--beam-size``.
 ``modified_beam_search`` also takes ``--lm-path`` (a token n-gram LM made by
-``local/train_token_lm.py``) and ``--lm-scale`` for shallow fusion; the
-result files then end in ``-lm-scale-<s>``.
+``local/train_token_lm.py``), ``--lm-scale`` and ``--lm-token-bonus`` for
+shallow fusion; the result files then end in ``-lm-scale-<s>`` (and
+``-token-bonus-<b>``).
 ``--use-averaged-model`` is true by default (as in icefall): the model
 averaged over epochs ``epoch-avg`` (excluded) to ``epoch``.
 
@@ -90,6 +91,12 @@ def get_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--lm-scale", type=float, default=0.3, help="Weight of --lm-path's log-probabilities."
+    )
+    g.add_argument(
+        "--lm-token-bonus",
+        type=float,
+        default=0.0,
+        help="With --lm-path: reward per emitted token, against the LM's push to delete.",
     )
     g.add_argument(
         "--test-sets",
