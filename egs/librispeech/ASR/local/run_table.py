@@ -148,7 +148,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--decoding-methods",
         default="modified_beam_search,greedy_search",
         help="comma-separated; modified_beam_search_lm is modified_beam_search with shallow "
-        "fusion of --lm-path at --lm-scale",
+        "fusion of --lm-path at --lm-scale and --lm-token-bonus",
     )
     p.add_argument(
         "--lm-path",
@@ -156,6 +156,9 @@ def get_parser() -> argparse.ArgumentParser:
         help="token n-gram LM (local/train_token_lm.py) of modified_beam_search_lm",
     )
     p.add_argument("--lm-scale", type=float, default=0.3, help="its weight")
+    p.add_argument(
+        "--lm-token-bonus", type=float, default=0.0, help="decode.py --lm-token-bonus with the LM"
+    )
     p.add_argument("--test-sets", default=",".join(TEST_SETS))
     p.add_argument("--train-args", default="", help="extra train.py arguments for every row")
     p.add_argument(
@@ -289,6 +292,8 @@ def decode_suffix(args, key: str, method: str) -> str:
         suffix += "-beam-size-4"
     if method == LM_METHOD:
         suffix += f"-lm-scale-{args.lm_scale}"
+        if args.lm_token_bonus:
+            suffix += f"-token-bonus-{args.lm_token_bonus}"
     return suffix
 
 
@@ -316,6 +321,7 @@ def decode(args, key: str, exp_dir: Path, method: str, test_sets: List[str]) -> 
         ]  # fmt: skip
         if method == LM_METHOD:
             cmd += ["--lm-path", str(args.lm_path), "--lm-scale", str(args.lm_scale)]
+            cmd += ["--lm-token-bonus", str(args.lm_token_bonus)]
         cmd += ["--test-sets", *missing]
         _run(cmd, args.dry_run, exp_dir / "driver-decode.log")
     if args.dry_run:
