@@ -16,7 +16,7 @@ SPLITS = ["train", "dev", "test-clean", "test-other"]
 
 
 def test_every_stage_ran(synthetic_prepared: Prepared) -> None:
-    for stage in range(6):
+    for stage in range(7):
         assert f"Stage {stage}:" in synthetic_prepared.log
     data = synthetic_prepared.workdir / "data"
     for split in SPLITS:
@@ -25,6 +25,11 @@ def test_every_stage_ran(synthetic_prepared: Prepared) -> None:
         assert (data / "fbank" / f"librispeech_cuts_{split}.jsonl.gz").is_file()
     assert (data / "lang_bpe_60" / "bpe.model").is_file()
     assert (data / "lang_bpe_60" / "tokens.txt").read_text().startswith("<blk> 0\n<sos/eos> 1\n<unk> 2\n")
+    # stage 6: the token LM of the training transcripts, over the BPE model's 60 ids
+    from icefall_spkd.ngram_lm import TokenNgramLm
+
+    lm = TokenNgramLm.load(data / "lm" / "token_8gram_bpe_60.pt")
+    assert (lm.order, lm.vocab_size) == (8, 60)
 
 
 def test_cuts_match_supervisions_and_reports(synthetic_prepared: Prepared) -> None:

@@ -21,6 +21,8 @@
 #                 (LibriSpeech: per-part files too, combined into train and dev; dev
 #                 (dev-clean + dev-other) is for validation, and decode.py decodes
 #                 dev-clean and dev-other separately under icefall's names)
+#   6  LM         data/lm/token_<lm_order>gram_bpe_<N>.pt for each N: a token n-gram LM of the
+#                 training transcripts, for shallow fusion (decode.py --lm-path)
 # Every dropped or converted utterance is listed in data/manifests/filter_report_<part>.tsv.
 # BPE comes before features so that the token checks filter the cuts before any
 # features are computed for them.
@@ -43,11 +45,12 @@ full_libri=false        # librispeech: train on all 960 h instead of train-clean
 dl_dir=download
 max_chars_per_sec=30
 full_read=true          # decode all audio in the checks (false: headers only)
+lm_order=8              # stage 6: n of the token n-gram LM
 
 help_message="Usage: $0 [--stage N] [--stop-stage N] [--nj N] [--corpus librispeech|synthetic]
   [--task closed|open] [--vocab-words N] [--train-degraded F] [--train-hours H] [--dev-utts N] [--test-utts N] [--seed S] [--vocab-sizes \"500 ...\"]
   [--speed-perturb true|false] [--full-libri true|false] [--dl-dir DIR]
-  [--max-chars-per-sec X] [--full-read true|false]"
+  [--max-chars-per-sec X] [--full-read true|false] [--lm-order N]"
 
 # Outputs (data/, download/) go under the current directory, normally
 # egs/librispeech/ASR; the local/ scripts are found next to this file.
@@ -172,6 +175,19 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   $python "$recipe_dir"/local/compute_fbank.py --manifest-dir "$manifests" --output-dir data/fbank \
     --parts $parts --nj "$nj" --speed-perturb "$speed_perturb" \
     ${combine_args:+--combine $combine_args}
+fi
+
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  log "Stage 6: token ${lm_order}-gram LMs -> data/lm"
+  for vocab_size in $vocab_sizes; do
+    lm_path="data/lm/token_${lm_order}gram_bpe_${vocab_size}.pt"
+    if [ -f "$lm_path" ] && [ "$lm_path" -nt "data/lang_bpe_${vocab_size}/bpe.model" ]; then
+      log "$lm_path exists, skipping"
+      continue
+    fi
+    $python "$recipe_dir"/local/train_token_lm.py --bpe-model "data/lang_bpe_${vocab_size}/bpe.model" \
+      --text "data/lang_bpe_${vocab_size}/transcript_words.txt" --order "$lm_order" --lm-path "$lm_path"
+  done
 fi
 
 log "Done (stages $stage..$stop_stage)."
