@@ -136,10 +136,21 @@ def load_vocabulary(params: AttributeDict) -> Any:
     return table
 
 
-def load_fusion_lm(params: AttributeDict) -> Optional[Any]:
+def _pieces(sp: Any) -> List[str]:
+    """The text of every token id of a SentencePieceProcessor or a :class:`TokenTable`."""
+    if isinstance(sp, TokenTable):
+        return [sp.symbols[i] for i in range(sp.vocab_size)]
+    return [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+
+
+def load_fusion_lm(params: AttributeDict, sp: Any = None) -> Optional[Any]:
     """The shallow-fusion LM of ``--lm-path``, checked against the vocabulary, or ``None``.
 
-    Call after :func:`load_vocabulary` (it needs ``params.vocab_size``).
+    With ``--lm-lexicon FILE`` (whitespace-separated words, e.g. the training
+    transcripts) the LM is wrapped in a
+    :class:`icefall_spkd.lexicon.LexiconConstrainedLm` over those words; that
+    needs ``sp`` (the vocabulary of :func:`load_vocabulary`). Call after
+    :func:`load_vocabulary` (it needs ``params.vocab_size``).
     """
     if not params.get("lm_path") or params.get("lm_scale", 0.0) == 0.0:
         return None
@@ -151,6 +162,16 @@ def load_fusion_lm(params: AttributeDict) -> Optional[Any]:
             f"{params.lm_path}: LM over {lm.vocab_size} tokens, the model has {params.vocab_size}; "
             "train the LM with the model's --bpe-model"
         )
+    if params.get("lm_lexicon"):
+        from icefall_spkd.lexicon import LexiconConstrainedLm
+
+        path = Path(params.lm_lexicon)
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such lexicon file (--lm-lexicon: words of the training text)")
+        words = path.read_text(encoding="utf-8").split()
+        if not words:
+            raise SystemExit(f"{path}: the lexicon file has no words")
+        lm = LexiconConstrainedLm(lm, _pieces(sp), words, blank_id=params.blank_id)
     return lm
 
 
@@ -182,6 +203,9 @@ def decoding_plan(params: AttributeDict, known_sets: Sequence[str]) -> Tuple[Lis
         if params.get("lm_token_bonus", 0.0):
             suffix += f"-token-bonus-{params.lm_token_bonus}"
             key += f"_token_bonus_{params.lm_token_bonus}"
+        if params.get("lm_lexicon"):
+            suffix += "-lexicon"
+            key += "_lexicon"
     elif params.max_sym_per_frame > 1:
         suffix += f"-max-sym-per-frame-{params.max_sym_per_frame}"
     return test_sets, suffix, key

@@ -33,6 +33,11 @@ def test_names_as_written_by_hand() -> None:
         "epoch-30-avg-9-use-averaged-model-beam-size-4-lm-scale-0.3",
         "beam_size_4_lm_scale_0.3",
     )
+    _, suffix, _ = decoding_plan(
+        _params(decoding_method="modified_beam_search", lm_path="lm.pt", lm_scale=0.4,
+                lm_token_bonus=1.2, lm_lexicon="words.txt"), ("dev",)
+    )
+    assert suffix == "epoch-30-avg-9-use-averaged-model-beam-size-4-lm-scale-0.4-token-bonus-1.2-lexicon"
     # An LM at scale 0 is no LM: the names stay those of plain search.
     _, suffix, _ = decoding_plan(
         _params(decoding_method="modified_beam_search", lm_path="lm.pt", lm_scale=0.0), ("dev",)

@@ -195,3 +195,74 @@ def test_scale_zero_is_plain_search() -> None:
     assert modified_beam_search(model, enc, lens, beam=4, lm=lm, lm_scale=0.0) == modified_beam_search(
         model, enc, lens, beam=4
     )
+
+
+# The lexicon constraint (icefall_spkd.lexicon) over a toy piece set.
+PIECES = ["<blk>", "<sos/eos>", "<unk>", "\u2581C", "A", "T", "\u2581T", "R", "\u2581"]
+WORDS = ["CAT", "CART", "TA"]
+
+
+class _FlatLm:
+    """Uniform token LM: every piece and the end equally likely, one state."""
+
+    def state(self, tokens):
+        return ()
+
+    def log_probs(self, state):
+        out = torch.full((len(PIECES),), -math.log(len(PIECES)))
+        out[0] = 0.0
+        return out
+
+    def eos_log_prob(self, state):
+        return -math.log(len(PIECES))
+
+
+def _allowed(lex, tokens) -> set:
+    return {PIECES[v] for v, ok in enumerate(lex.allowed(lex.partial_word(tokens))) if ok and v}
+
+
+def test_lexicon_rules_by_hand() -> None:
+    from icefall_spkd.lexicon import LexiconConstrainedLm
+
+    lex = LexiconConstrainedLm(_FlatLm(), PIECES, WORDS)
+    C, A, T, T_, R, SP = 3, 4, 5, 6, 7, 8
+    # Sentence start: only word starts that begin a word ("▁C", "▁T", "▁"); no specials.
+    assert _allowed(lex, []) == {"\u2581C", "\u2581T", "\u2581"}
+    assert lex.partial_word([C, A]) == "CA"
+    assert _allowed(lex, [C, A]) == {"T", "R"}  # CA is no word: no new word yet
+    assert _allowed(lex, [C, A, T]) == {"\u2581C", "\u2581T", "\u2581"}  # CAT is finished
+    assert _allowed(lex, [C, A, R]) == {"T"}
+    assert _allowed(lex, [T_]) == {"A"}
+    assert lex.partial_word([C, A, T, T_, A]) == "TA"
+    assert lex.partial_word([SP, C]) == "C"  # a bare "▁", then "▁C" starts the word C
+    # after a bare "▁" a word may start either way: "▁T" or "T" (then "A": TA)
+    assert _allowed(lex, [SP]) == {"\u2581C", "\u2581T", "\u2581", "T"}
+    # Scores: LM log-probability plus the penalty where a rule is broken; blank untouched.
+    lp = lex.log_probs(lex.state([C, A]))
+    assert lp[0].item() == 0.0
+    assert lp[T].item() == pytest.approx(-math.log(len(PIECES)))
+    assert lp[C].item() == pytest.approx(-math.log(len(PIECES)) - 1000.0)
+    assert lex.eos_log_prob(lex.state([C, A, T])) == pytest.approx(-math.log(len(PIECES)))
+    assert lex.eos_log_prob(lex.state([C, A])) < -999
+    with pytest.raises(ValueError, match="no words"):
+        LexiconConstrainedLm(_FlatLm(), PIECES, [])
+
+
+def test_search_with_lexicon_spells_only_listed_words() -> None:
+    """On a random model, fused search with the lexicon only ever outputs listed words."""
+    from icefall_spkd.lexicon import LexiconConstrainedLm
+
+    vocab_size, dim = len(PIECES), 8
+    model = _make_model(vocab_size, dim, 2, seed=51)
+    enc, lens = _padded_batch([12, 9, 15, 6], dim, seed=52)
+    lex = LexiconConstrainedLm(_FlatLm(), PIECES, WORDS)
+
+    def words(tokens):
+        return "".join(PIECES[t] for t in tokens).replace("\u2581", " ").split()
+
+    plain = modified_beam_search(model, enc, lens, beam=4)
+    assert any(w not in WORDS for y in plain for w in words(y)), "degenerate: plain search is legal"
+    got = modified_beam_search(model, enc, lens, beam=4, lm=lex, lm_scale=1.0, lm_token_bonus=2.0)
+    assert any(got), "degenerate: nothing emitted"
+    for y in got:
+        assert all(w in WORDS for w in words(y)), words(y)

@@ -256,10 +256,11 @@ def _fake_pipeline(run_table, monkeypatch):
             method = flag["--decoding-method"]
             suffix = f"epoch-{flag['--epoch']}-avg-{flag['--avg']}"
             suffix += "-use-averaged-model" if flag["--use-averaged-model"] == "true" else ""
-            suffix += "-beam-size-4" if method == "modified_beam_search" else ""
+            suffix += f"-beam-size-{flag['--beam-size']}" if method == "modified_beam_search" else ""
             if "--lm-path" in flag:
                 suffix += f"-lm-scale-{flag['--lm-scale']}"
                 suffix += f"-token-bonus-{flag['--lm-token-bonus']}" if float(flag["--lm-token-bonus"]) else ""
+                suffix += "-lexicon" if "--lm-lexicon" in flag else ""
             sets = cmd[cmd.index("--test-sets") + 1 :]
             n_err = ROW_ERRORS[key] + (seed - 42 if key == "baseline" else 0)
             results = [
@@ -333,7 +334,8 @@ def test_lm_method_decodes_with_the_lm_and_keeps_both_results(run_table, monkeyp
     lm = tmp_path / "lm.pt"
     argv = ["run_table.py", "--rows", "baseline", "--exp-root", str(tmp_path / "exp"),
             "--test-sets", "dev", "--decoding-methods", "modified_beam_search,modified_beam_search_lm",
-            "--lm-scale", "0.5", "--lm-token-bonus", "1.0", "--lm-path", str(lm)]  # fmt: skip
+            "--lm-scale", "0.5", "--lm-token-bonus", "1.0", "--lm-path", str(lm),
+            "--lm-lexicon", str(tmp_path / "words.txt"), "--beam-size", "8"]  # fmt: skip
     monkeypatch.setattr("sys.argv", argv)
     with pytest.raises(SystemExit, match="needs --lm-path to an LM file"):
         run_table.main()
@@ -345,8 +347,10 @@ def test_lm_method_decodes_with_the_lm_and_keeps_both_results(run_table, monkeyp
     assert _flag(fused, "--decoding-method") == "modified_beam_search"
     assert _flag(fused, "--lm-path") == str(lm) and _flag(fused, "--lm-scale") == "0.5"
     assert _flag(fused, "--lm-token-bonus") == "1.0"
+    assert _flag(fused, "--lm-lexicon") == str(tmp_path / "words.txt")
     d = tmp_path / "exp/baseline/seed-42/modified_beam_search"
-    assert (d / "errs-dev-epoch-6-avg-2-use-averaged-model-beam-size-4-lm-scale-0.5-token-bonus-1.0.txt").exists()
+    name = "errs-dev-epoch-6-avg-2-use-averaged-model-beam-size-8-lm-scale-0.5-token-bonus-1.0-lexicon.txt"
+    assert (d / name).exists()
     d = d.parent
     wer = json.loads((d / "result.json").read_text())["wer"]
     assert set(wer) == {"modified_beam_search", "modified_beam_search_lm"}

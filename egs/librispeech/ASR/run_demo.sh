@@ -6,8 +6,10 @@
 # 1. ./prepare.sh --corpus synthetic  (TTS corpus, checks, BPE, fbank)
 # 2. local/run_table.py with a reduced table: the teacher, the baseline
 #    student, PKD and SP-KD (teacher sampler, N=2), same data, seed and epochs;
-#    each decoded with modified beam search (beam 4) on dev, test-clean and
-#    test-other. The table is printed and written to $exp_root/RESULTS.md.
+#    each decoded on test-clean and test-other with modified beam search
+#    (beam 4), alone and with shallow fusion of the token 8-gram LM that
+#    prepare.sh stage 6 trains on the training transcripts. The table is
+#    printed and written to $exp_root/RESULTS.md.
 # 3. The SP-KD student exported to ONNX (fp32 and int8) and one test-clean
 #    utterance transcribed with sherpa-onnx (reference and hypothesis printed).
 # Everything is resumable: run it again after an interruption and finished
@@ -45,6 +47,11 @@ jobs=2
 # (icefall_spkd/kd_options.py: lambda 2.0, rho 0.5, tau 1.0, R_kd 5).
 # Extra run_table.py KD flags go here, e.g. --kd-args "--kd-scale 1.0".
 kd_args=""
+# Shallow fusion of the token LM: weight and per-token bonus, tuned on the dev
+# set of the 9-hour corpus's teacher (RESULTS.md, "A token LM").
+lm_scale=LMSCALE
+lm_token_bonus=LMBONUS
+test_sets=test-clean,test-other
 
 recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$recipe_dir"
@@ -61,8 +68,10 @@ start=$(date +%s)
   --num-epochs "$num_epochs" --teacher-epochs "$teacher_epochs" \
   --max-duration "$max_duration" \
   --bpe-model "data/lang_bpe_${vocab_size}/bpe.model" \
-  --decoding-methods modified_beam_search \
-  --test-sets dev,test-clean,test-other,test-open \
+  --decoding-methods modified_beam_search,modified_beam_search_lm \
+  --lm-path "data/lm/token_8gram_bpe_${vocab_size}.pt" \
+  --lm-scale "$lm_scale" --lm-token-bonus "$lm_token_bonus" \
+  --test-sets "$test_sets" \
   --jobs "$jobs" \
   --extra-seeds "$extra_seeds" --extra-seed-rows baseline,pkd,spkd-n2 \
   $kd_args \

@@ -159,6 +159,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lm-token-bonus", type=float, default=0.0, help="decode.py --lm-token-bonus with the LM"
     )
+    p.add_argument("--lm-lexicon", default=None, help="decode.py --lm-lexicon with the LM")
+    p.add_argument("--beam-size", type=int, default=4, help="of the beam searches")
     p.add_argument("--test-sets", default=",".join(TEST_SETS))
     p.add_argument("--train-args", default="", help="extra train.py arguments for every row")
     p.add_argument(
@@ -289,11 +291,13 @@ def decode_suffix(args, key: str, method: str) -> str:
     avg, use_avg = averaging(args, epochs)
     suffix = f"epoch-{epochs}-avg-{avg}" + ("-use-averaged-model" if use_avg else "")
     if search_method(method) == "modified_beam_search":
-        suffix += "-beam-size-4"
+        suffix += f"-beam-size-{args.beam_size}"
     if method == LM_METHOD:
         suffix += f"-lm-scale-{args.lm_scale}"
         if args.lm_token_bonus:
             suffix += f"-token-bonus-{args.lm_token_bonus}"
+        if args.lm_lexicon:
+            suffix += "-lexicon"
     return suffix
 
 
@@ -314,7 +318,7 @@ def decode(args, key: str, exp_dir: Path, method: str, test_sets: List[str]) -> 
             "--avg", str(avg),
             "--use-averaged-model", str(use_avg).lower(),
             "--decoding-method", search_method(method),
-            "--beam-size", "4",
+            "--beam-size", str(args.beam_size),
             "--max-duration", str(args.max_duration),
             "--bpe-model", args.bpe_model,
             "--model-preset", args.teacher_preset if row.is_teacher else args.student_preset,
@@ -322,6 +326,8 @@ def decode(args, key: str, exp_dir: Path, method: str, test_sets: List[str]) -> 
         if method == LM_METHOD:
             cmd += ["--lm-path", str(args.lm_path), "--lm-scale", str(args.lm_scale)]
             cmd += ["--lm-token-bonus", str(args.lm_token_bonus)]
+            if args.lm_lexicon:
+                cmd += ["--lm-lexicon", str(args.lm_lexicon)]
         cmd += ["--test-sets", *missing]
         _run(cmd, args.dry_run, exp_dir / "driver-decode.log")
     if args.dry_run:
@@ -579,8 +585,10 @@ def main() -> None:
         raise SystemExit(f"unknown rows {unknown}; choose from {list(TABLE_ROWS)}")
     test_sets = [s for s in args.test_sets.split(",") if s]
     methods = [m for m in args.decoding_methods.split(",") if m]
-    if args.lm_path and not Path(args.lm_path).is_absolute():
-        args.lm_path = str(RECIPE / args.lm_path)
+    for name in ("lm_path", "lm_lexicon"):
+        value = getattr(args, name)
+        if value and not Path(value).is_absolute():
+            setattr(args, name, str(RECIPE / value))
     if LM_METHOD in methods and not (args.lm_path and Path(args.lm_path).is_file()):
         raise SystemExit(
             f"{LM_METHOD} needs --lm-path to an LM file (got {args.lm_path}); "

@@ -18,8 +18,9 @@ Decoding methods: ``greedy_search`` (``--max-sym-per-frame``, default 1),
 and ``modified_beam_search`` (one symbol per frame), both with ``--beam-size``.
 ``modified_beam_search`` also takes ``--lm-path`` (a token n-gram LM made by
 ``local/train_token_lm.py``), ``--lm-scale`` and ``--lm-token-bonus`` for
-shallow fusion; the result files then end in ``-lm-scale-<s>`` (and
-``-token-bonus-<b>``).
+shallow fusion, and ``--lm-lexicon`` to spell only the words of a list;
+the result files then end in ``-lm-scale-<s>`` (and ``-token-bonus-<b>``,
+``-lexicon``).
 ``--use-averaged-model`` is true by default (as in icefall): the model
 averaged over epochs ``epoch-avg`` (excluded) to ``epoch``.
 
@@ -99,6 +100,13 @@ def get_parser() -> argparse.ArgumentParser:
         help="With --lm-path: reward per emitted token, against the LM's push to delete.",
     )
     g.add_argument(
+        "--lm-lexicon",
+        type=str,
+        default=None,
+        help="With --lm-path: spell only the words of this file (closed-vocabulary tasks; "
+        "e.g. data/lang_bpe_50/transcript_words.txt, the training text).",
+    )
+    g.add_argument(
         "--test-sets",
         type=str,
         nargs="+",
@@ -124,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     sp = load_vocabulary(params)  # --bpe-model when given, else --tokens
     logging.info(params)
-    params.lm = load_fusion_lm(params)  # after logging params: the LM is large
+    params.lm = load_fusion_lm(params, sp)  # after logging params: the LM is large
 
     # The architecture stored in the checkpoint (model flags are only needed for
     # files without one; a flag that contradicts it is an error).
