@@ -193,6 +193,8 @@ def decoding_plan(params: AttributeDict, known_sets: Sequence[str]) -> Tuple[Lis
     if params.decoding_method in ("beam_search", "modified_beam_search"):
         suffix += f"-beam-size-{params.beam_size}"
         key = f"beam_size_{params.beam_size}"
+    elif params.max_sym_per_frame > 1:
+        suffix += f"-max-sym-per-frame-{params.max_sym_per_frame}"
     if params.get("lm_path") and params.get("lm_scale", 0.0) != 0.0:
         if params.decoding_method != "modified_beam_search":
             raise SystemExit(
@@ -206,8 +208,6 @@ def decoding_plan(params: AttributeDict, known_sets: Sequence[str]) -> Tuple[Lis
         if params.get("lm_lexicon"):
             suffix += "-lexicon"
             key += "_lexicon"
-    elif params.max_sym_per_frame > 1:
-        suffix += f"-max-sym-per-frame-{params.max_sym_per_frame}"
     return test_sets, suffix, key
 
 

@@ -38,6 +38,11 @@ def test_names_as_written_by_hand() -> None:
                 lm_token_bonus=1.2, lm_lexicon="words.txt"), ("dev",)
     )
     assert suffix == "epoch-30-avg-9-use-averaged-model-beam-size-4-lm-scale-0.4-token-bonus-1.2-lexicon"
+    # --max-sym-per-frame is greedy search's: a beam search's names ignore it
+    _, suffix, _ = decoding_plan(
+        _params(decoding_method="modified_beam_search", max_sym_per_frame=3), ("dev",)
+    )
+    assert suffix == "epoch-30-avg-9-use-averaged-model-beam-size-4"
     # An LM at scale 0 is no LM: the names stay those of plain search.
     _, suffix, _ = decoding_plan(
         _params(decoding_method="modified_beam_search", lm_path="lm.pt", lm_scale=0.0), ("dev",)
