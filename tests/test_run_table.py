@@ -340,6 +340,9 @@ def test_lm_method_decodes_with_the_lm_and_keeps_both_results(run_table, monkeyp
     with pytest.raises(SystemExit, match="needs --lm-path to an LM file"):
         run_table.main()
     lm.write_bytes(b"")
+    with pytest.raises(SystemExit, match="--lm-lexicon .*words.txt: no such file"):
+        run_table.main()
+    (tmp_path / "words.txt").write_text("A B\n")
     run_table.main()
     assert len(decodes) == 2
     plain, fused = decodes

@@ -73,6 +73,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from icefall_spkd.decoding import decoding_plan
 from icefall_spkd.results_table import (
     KD_SETTINGS,
     PKD_ROWS,
@@ -87,6 +88,7 @@ from icefall_spkd.results_table import (
     row_kd_settings,
     summarise,
 )
+from icefall_spkd.utils import AttributeDict
 from icefall_spkd.wer import read_recogs, utterance_errors
 
 RECIPE = Path(__file__).resolve().parent.parent
@@ -285,20 +287,23 @@ def search_method(method: str) -> str:
 
 
 def decode_suffix(args, key: str, method: str) -> str:
-    """The ``<suffix>`` of the ``errs-<set>-<suffix>.txt`` files decode() makes for ``key``."""
+    """The ``<suffix>`` of the ``errs-<set>-<suffix>.txt`` files decode() makes for ``key``.
+
+    Named by decode.py's own rule (:func:`icefall_spkd.decoding.decoding_plan`).
+    """
     row = TABLE_ROWS[key]
     epochs = (args.teacher_epochs or args.num_epochs) if row.is_teacher else args.num_epochs
     avg, use_avg = averaging(args, epochs)
-    suffix = f"epoch-{epochs}-avg-{avg}" + ("-use-averaged-model" if use_avg else "")
-    if search_method(method) == "modified_beam_search":
-        suffix += f"-beam-size-{args.beam_size}"
+    params = AttributeDict(
+        test_sets=[], max_sym_per_frame=1, decoding_method=search_method(method),
+        beam_size=args.beam_size, epoch=epochs, iter=0, avg=avg, use_averaged_model=use_avg,
+    )  # fmt: skip
     if method == LM_METHOD:
-        suffix += f"-lm-scale-{args.lm_scale}"
-        if args.lm_token_bonus:
-            suffix += f"-token-bonus-{args.lm_token_bonus}"
-        if args.lm_lexicon:
-            suffix += "-lexicon"
-    return suffix
+        params.update(
+            lm_path=args.lm_path, lm_scale=args.lm_scale,
+            lm_token_bonus=args.lm_token_bonus, lm_lexicon=args.lm_lexicon,
+        )  # fmt: skip
+    return decoding_plan(params, ())[1]
 
 
 def decode(args, key: str, exp_dir: Path, method: str, test_sets: List[str]) -> Dict[str, Any]:
@@ -594,6 +599,8 @@ def main() -> None:
             f"{LM_METHOD} needs --lm-path to an LM file (got {args.lm_path}); "
             "make one with local/train_token_lm.py"
         )
+    if LM_METHOD in methods and args.lm_lexicon and not Path(args.lm_lexicon).is_file():
+        raise SystemExit(f"--lm-lexicon {args.lm_lexicon}: no such file (a word list, e.g. the training text)")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     extra = [int(s) for s in args.extra_seeds.split(",") if s]
     extra_rows = set(args.extra_seed_rows.split(","))
