@@ -64,6 +64,7 @@ class LexiconConstrainedLm:
         self._starts_word = [p.startswith(WORD_START) for p in pieces]
         self._text = [p[1:] if p.startswith(WORD_START) else p for p in pieces]
         self._masks: Dict[Optional[str], torch.Tensor] = {}
+        self._log_cache: Dict[LexState, torch.Tensor] = {}
 
     def partial_word(self, tokens: Sequence[int]) -> Optional[str]:
         """The letters of the word being spelled: the pieces since the last word start.
@@ -102,13 +103,21 @@ class LexiconConstrainedLm:
         return out
 
     def log_probs(self, state: LexState) -> torch.Tensor:
-        """The wrapped LM's log-probabilities plus ``penalty`` where a rule is broken."""
-        lm_state, partial = state
-        mask = self._masks.get(partial)
-        if mask is None:
-            mask = torch.tensor([0.0 if ok else self.penalty for ok in self.allowed(partial)])
-            self._masks[partial] = mask
-        return self.lm.log_probs(lm_state) + mask
+        """The wrapped LM's log-probabilities plus ``penalty`` where a rule is broken.
+
+        Cached per state (the search asks for the same states frame after
+        frame): do not modify the tensor.
+        """
+        cached = self._log_cache.get(state)
+        if cached is None:
+            lm_state, partial = state
+            mask = self._masks.get(partial)
+            if mask is None:
+                mask = torch.tensor([0.0 if ok else self.penalty for ok in self.allowed(partial)])
+                self._masks[partial] = mask
+            cached = self.lm.log_probs(lm_state) + mask
+            self._log_cache[state] = cached
+        return cached
 
     def eos_log_prob(self, state: LexState) -> float:
         """The wrapped LM's end-of-sentence log-probability, penalised after an unfinished word."""
