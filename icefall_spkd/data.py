@@ -53,7 +53,10 @@ DEFAULT_SEED = 42
 #: Sets decode.py can decode: icefall's LibriSpeech names, plus ``dev`` (the
 #: synthetic corpus's development set; for LibriSpeech dev-clean + dev-other)
 #: and ``test-open`` (the closed-vocabulary synthetic task's open-vocabulary test).
-DECODING_SETS = ("test-clean", "test-other", "dev-clean", "dev-other", "dev", "test-open")
+DECODING_SETS = (
+    "test-clean", "test-other", "dev-clean", "dev-other", "dev", "test-open",
+    "test-other-clean", "test-clean-degraded",  # prepare.sh --probe-splits true (synthetic)
+)  # fmt: skip
 
 
 class _SeedWorkers:

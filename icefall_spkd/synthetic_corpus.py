@@ -47,7 +47,9 @@ Layout (LibriSpeech's)::
 Speaker ids encode voices: ``101``-``105`` flite, ``201``-``203`` festival,
 ``3AVV`` espeak-ng with accent index ``A`` and variant index ``VV``. Chapter
 ids are ``<split code><chunk>`` (train 1xxx, dev 2xxx, test-clean 3xxx,
-test-other 4xxx, test-open 5xxx), so ids never collide across splits. The
+test-other 4xxx, test-open 5xxx; the optional probe splits of
+:mod:`icefall_spkd.synthetic_probes` 6xxx and 7xxx), so ids never collide
+across splits. The
 closed task also writes ``<corpus_dir>/VOCABULARY.TXT``.
 """
 
@@ -77,6 +79,7 @@ from icefall_spkd.synthetic_audio import (
     synthesize_batch,
     synthesize_utterance,
 )
+from icefall_spkd.synthetic_probes import PROBE_SPLITS, robustness_probe_plans
 from icefall_spkd.synthetic_text import FORTUNE_DIR, closed_vocabulary, load_sentences
 
 __all__ = [
@@ -461,11 +464,11 @@ def _report_failures(results: Sequence[UttResult], corpus_dir: Path) -> None:
 
 
 def _print_summary(stats: Dict[str, Dict[str, float]], elapsed: float) -> None:
-    print(f"{'split':<11} {'hours':>7} {'utts':>6} {'voices':>6} {'failed':>6} {'reused':>6}")
-    for split in (s for s in ALL_SPLITS if s in stats):
+    print(f"{'split':<19} {'hours':>7} {'utts':>6} {'voices':>6} {'failed':>6} {'reused':>6}")
+    for split in (s for s in ALL_SPLITS + PROBE_SPLITS if s in stats):
         s = stats[split]
         print(
-            f"{split:<11} {s['hours']:>7.3f} {s['utterances']:>6} {s['voices']:>6} {s['failed']:>6} {s['reused']:>6}"
+            f"{split:<19} {s['hours']:>7.3f} {s['utterances']:>6} {s['voices']:>6} {s['failed']:>6} {s['reused']:>6}"
         )
     print(f"built in {elapsed:.1f} s")
 
@@ -483,6 +486,7 @@ def build_synthetic_corpus(
     task: str = "closed",
     vocab_words: int = 2000,
     train_degraded_fraction: float = 0.3,
+    probe_splits: bool = False,
 ) -> Dict[str, Dict[str, float]]:
     """Synthesise the corpus into ``corpus_dir`` and write manifests to ``output_dir``.
 
@@ -501,6 +505,9 @@ def build_synthetic_corpus(
       vocab_words: size of the closed vocabulary.
       train_degraded_fraction: share of train utterances with test-other's
         reverb and noise.
+      probe_splits: also make ``test-other-clean`` and ``test-clean-degraded``
+        (:mod:`icefall_spkd.synthetic_probes`), which tell test-other's unseen
+        voices from its reverb and noise.
     A tiny corpus for tests: ``train_hours=0.02, dev_utts=8, test_utts=8``.
 
     Returns:
@@ -515,6 +522,7 @@ def build_synthetic_corpus(
         return _build_locked(
             corpus_dir, output_dir, train_hours, dev_utts, test_utts, seed, nj,
             fortune_dir, espeak_variants_per_accent, task, vocab_words, train_degraded_fraction,
+            probe_splits,
         )  # fmt: skip
 
 
@@ -555,6 +563,7 @@ def _build_locked(
     task: str,
     vocab_words: int,
     train_degraded_fraction: float,
+    probe_splits: bool,
 ) -> Dict[str, Dict[str, float]]:
     """The body of :func:`build_synthetic_corpus`, run under the build lock."""
     start = time.time()
@@ -573,6 +582,8 @@ def _build_locked(
         sentences, voices, train_hours, dev_utts, test_utts, seed,
         open_sentences=open_sentences, train_degraded_fraction=train_degraded_fraction,
     )  # fmt: skip
+    if probe_splits:
+        plans += robustness_probe_plans(plans)
     logger.info(
         "%d sentences, %d voices, %d utterances planned", len(sentences), len(voices), len(plans)
     )
@@ -582,7 +593,7 @@ def _build_locked(
     _write_transcripts(results, corpus_dir)
     _write_speakers(voices, plans, corpus_dir)
     stats: Dict[str, Dict[str, float]] = {}
-    for split in (s for s in ALL_SPLITS if any(p.split == s for p in plans)):
+    for split in (s for s in ALL_SPLITS + PROBE_SPLITS if any(p.split == s for p in plans)):
         split_results = [r for r in results if r.plan.split == split]
         _write_manifests(split, split_results, corpus_dir, output_dir)
         stats[split] = _split_stats(split_results)

@@ -36,6 +36,7 @@ task=closed             # synthetic only: closed (2,000-word vocabulary) | open
 vocab_words=2000        # synthetic only, closed task: vocabulary size
 train_hours=3.0         # synthetic only
 train_degraded=0.3      # synthetic only: share of train with test-other's reverb and noise
+probe_splits=false      # synthetic only: also test-other-clean and test-clean-degraded (voices vs noise)
 dev_utts=200            # synthetic only
 test_utts=200           # synthetic only
 seed=42                 # synthetic only
@@ -48,7 +49,7 @@ full_read=true          # decode all audio in the checks (false: headers only)
 lm_order=8              # stage 6: n of the token n-gram LM
 
 help_message="Usage: $0 [--stage N] [--stop-stage N] [--nj N] [--corpus librispeech|synthetic]
-  [--task closed|open] [--vocab-words N] [--train-degraded F] [--train-hours H] [--dev-utts N] [--test-utts N] [--seed S] [--vocab-sizes \"500 ...\"]
+  [--task closed|open] [--vocab-words N] [--train-degraded F] [--probe-splits true|false] [--train-hours H] [--dev-utts N] [--test-utts N] [--seed S] [--vocab-sizes \"500 ...\"]
   [--speed-perturb true|false] [--full-libri true|false] [--dl-dir DIR]
   [--max-chars-per-sec X] [--full-read true|false] [--lm-order N]"
 
@@ -78,6 +79,8 @@ case "$corpus" in
     parts="train dev test-clean test-other"
     # the closed-vocabulary task has an extra, open-vocabulary test set
     [ "$task" = closed ] && parts="$parts test-open"
+    # test-other with one factor at a time: its voices clean, and test-clean with its noise
+    [ "$probe_splits" = true ] && parts="$parts test-other-clean test-clean-degraded"
     train_parts="train"
     combine_args=""
     ;;
@@ -114,7 +117,7 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
     $python "$recipe_dir"/local/prepare_synthetic.py --corpus-dir "$dl_dir/synthetic" --output-dir "$manifests" \
       --train-hours "$train_hours" --dev-utts "$dev_utts" --test-utts "$test_utts" \
       --seed "$seed" --nj "$nj" --task "$task" --vocab-words "$vocab_words" \
-      --train-degraded-fraction "$train_degraded"
+      --train-degraded-fraction "$train_degraded" --probe-splits "$probe_splits"
   fi
 fi
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from icefall_spkd.synthetic_corpus import build_synthetic_corpus
+from icefall_spkd.utils import str2bool
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -65,6 +66,13 @@ def get_parser() -> argparse.ArgumentParser:
         default=0.3,
         help="Share of train utterances with test-other's reverb and noise.",
     )
+    parser.add_argument(
+        "--probe-splits",
+        type=str2bool,
+        default=False,
+        help="Also make test-other-clean (test-other without reverb and noise) and "
+        "test-clean-degraded (test-clean with test-other's reverb and noise).",
+    )
     parser.add_argument("--seed", type=int, default=42, help="Everything follows this seed.")
     parser.add_argument("--nj", type=int, default=2, help="Parallel worker processes.")
     return parser
@@ -88,6 +96,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         task=args.task,
         vocab_words=args.vocab_words,
         train_degraded_fraction=args.train_degraded_fraction,
+        probe_splits=args.probe_splits,
     )
     logging.info(f"Manifests are in {args.output_dir}")
 
