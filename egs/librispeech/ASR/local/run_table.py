@@ -71,8 +71,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import torch
-
+from icefall_spkd import table_runs
 from icefall_spkd.decoding import decoding_plan
 from icefall_spkd.results_table import (
     KD_SETTINGS,
@@ -81,13 +80,14 @@ from icefall_spkd.results_table import (
     bootstrap_comparisons,
     load_results,
     parse_errs_file,
-    parse_row_scales,
     plot_chart,
     render_bootstrap,
     render_markdown,
     row_kd_settings,
     summarise,
 )
+from icefall_spkd.table_runs import check_settings, count_params, num_batches, provenance
+from icefall_spkd.table_runs import row_settings as row_settings  # tests reach it here
 from icefall_spkd.utils import AttributeDict
 from icefall_spkd.wer import read_recogs, utterance_errors
 
@@ -358,177 +358,17 @@ def export_teacher(args, exp_dir: Path) -> None:
     _run(cmd, args.dry_run, exp_dir / "driver-export.log")
 
 
-def count_params(exp_dir: Path, epoch: int) -> int:
-    ckpt = torch.load(exp_dir / f"epoch-{epoch}.pt", map_location="cpu", weights_only=False)
-    return sum(v.numel() for v in ckpt["model"].values())
-
-
-def num_batches(exp_dir: Path, epoch: int) -> int:
-    ckpt = torch.load(exp_dir / f"epoch-{epoch}.pt", map_location="cpu", weights_only=False)
-    return int(ckpt.get("batch_idx_train", 0))
-
-
-def provenance() -> str:
-    """Command, date, machine and git revision, for the top of RESULTS.md."""
-    import datetime
-    import platform
-
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=RECIPE, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=RECIPE,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        rev = rev + (" (with uncommitted changes)" if dirty else "")
-    except OSError:
-        rev = "unknown"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        machine = f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    else:
-        machine = f"{cpu}, {os.cpu_count()} cores, no GPU, torch {torch.__version__}"
-    cmd = " ".join(shlex.quote(a) for a in sys.argv)
-    return (
-        f"- command (from egs/librispeech/ASR): `{cmd}`\n"
-        f"- finished: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}\n"
-        f"- machine: {machine}\n"
-        f"- git revision: {rev}\n"
-    )
-
-
-# Settings that change what a run produces; a finished row is reused only
-# when they are the same as when it was made.
-RESULT_SETTINGS = (
-    "seeds", "teacher_preset", "student_preset", "teacher_epochs", "num_epochs", "avg",
-    "max_duration", "bpe_model", *KD_SETTINGS, "row_kd_scale", "kd_teacher_input", "train_args",
-    "teacher_train_args",
-)  # fmt: skip
-#: Settings that only set the KD rows' weights: a row compares the KD settings
-#: it gets from them (row_kd_settings), not their raw values.
-KD_WEIGHT_SETTINGS = (*KD_SETTINGS, "row_kd_scale")
-
-
-def row_settings(key: str) -> tuple:
-    """The entries of ``RESULT_SETTINGS`` that a run of row ``key`` depends on.
-
-    The seed is not among them (it names the run's directory); the teacher
-    does not depend on the student's preset or epochs, the baseline not on the
-    teacher or the KD settings.
-    """
-    row = TABLE_ROWS[key]
-    skip = {"seeds"}
-    if row.is_teacher:
-        skip |= {"student_preset", "num_epochs", "kd_teacher_input", *KD_WEIGHT_SETTINGS}
-    elif not row.uses_teacher:
-        skip |= {"teacher_preset", "teacher_epochs", "teacher_train_args", "kd_teacher_input",
-                 *KD_WEIGHT_SETTINGS}
-    return tuple(k for k in RESULT_SETTINGS if k not in skip)
-
-
-def row_fingerprint(settings: Dict[str, Any], key: str) -> Dict[str, Any]:
-    """What a run of row ``key`` made with ``settings`` depends on: ``row_settings(key)``,
-    with the KD weight settings replaced by the KD settings the row actually trains with
-    (so a PKD run made with ``--kd-scale 2`` is the run ``--row-kd-scale pkd=2`` asks for)."""
-    fp = {k: settings.get(k) for k in row_settings(key) if k not in KD_WEIGHT_SETTINGS}
-    fp.update(row_kd_settings(key, settings, settings.get("row_kd_scale")))
-    return fp
-
-
 def link_reusable_runs(
     args: argparse.Namespace, exp_root: Path, tasks: List[tuple], sources: List[Path]
 ) -> None:
-    """Link finished runs of other experiment roots into ``exp_root`` (see ``--reuse-from``).
-
-    A run ``(row, seed)`` is linked from the first source whose
-    ``settings.json`` agrees with ours on ``row_settings(row)`` and that holds
-    ``<row>/seed-<seed>/result.json``. Runs already present in ``exp_root``
-    are left alone.
-    """
-    wanted = {k: getattr(args, k, None) for k in RESULT_SETTINGS}
-    for src in sources:
-        src = (src if src.is_absolute() else RECIPE / src).resolve()
-        settings_file = src / "settings.json"
-        if not settings_file.exists():
-            raise SystemExit(
-                f"--reuse-from {src}: no settings.json there; is it a run_table.py root?"
-            )
-        found = json.loads(settings_file.read_text())
-        # settings the source does not record were at their defaults when it was made
-        found = {**vars(get_parser().parse_args([])), **found}
-        for key, seed in tasks:
-            here = exp_root / key / f"seed-{seed}"
-            there = src / key / f"seed-{seed}"
-            if here.exists() or here.is_symlink() or not (there / "result.json").exists():
-                continue
-            if row_fingerprint(found, key) != row_fingerprint(wanted, key):
-                continue
-            if not args.dry_run:
-                here.parent.mkdir(parents=True, exist_ok=True)
-                here.symlink_to(there, target_is_directory=True)
-            logging.info(f"{key} seed {seed}: reusing {there}")
-
-
-def check_settings(args: argparse.Namespace, exp_root: Path) -> None:
-    """Record the settings in ``<exp-root>/settings.json``; refuse to mix runs made with others.
-
-    Raises:
-      SystemExit: the experiment root holds runs made with different settings
-        (names each one); use another ``--exp-root`` or delete the old one.
-    """
-    wanted = {k: getattr(args, k, None) for k in RESULT_SETTINGS}
-    path = exp_root / "settings.json"
-    if path.exists():
-        found = json.loads(path.read_text())
-        diff = [k for k in RESULT_SETTINGS if k in found and found[k] != wanted[k]]
-        if diff:
-            lines = "\n".join(f"  {k}: {found[k]!r} there, {wanted[k]!r} now" for k in diff)
-            raise SystemExit(
-                f"{exp_root} holds runs made with other settings:\n{lines}\n"
-                "Use another --exp-root, or delete that directory to start again."
-            )
-    if not args.dry_run:
-        exp_root.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(wanted, indent=2))
+    """:func:`icefall_spkd.table_runs.link_reusable_runs` under RECIPE, with our defaults."""
+    defaults = vars(get_parser().parse_args([]))
+    table_runs.link_reusable_runs(args, exp_root, tasks, sources, RECIPE, defaults)
 
 
 def resolve_row_scales(args: argparse.Namespace) -> Dict[str, float]:
-    """Per-row lambdas: ``--kd-scales-from``'s, then ``--row-kd-scale``'s on top (one dict)."""
-    scales: Dict[str, float] = {}
-    if args.kd_scales_from is not None:
-        f = args.kd_scales_from if args.kd_scales_from.is_absolute() else RECIPE / args.kd_scales_from
-        try:
-            data = json.loads(f.read_text())
-            scales.update(parse_row_scales(data.get("row_kd_scale", data)))
-        except (OSError, ValueError, AttributeError) as err:
-            raise SystemExit(
-                f"--kd-scales-from {f}: {err}; expected the lambdas.json of local/tune_kd.py --rows"
-            ) from err
-        # lambdas tuned with other KD settings (rho, tau, ...) mean something else here
-        tuned_with = data.get("kd_settings", {}) if isinstance(data, dict) else {}
-        diff = [k for k, v in tuned_with.items() if hasattr(args, k) and getattr(args, k) != v]
-        if diff:
-            raise SystemExit(
-                f"--kd-scales-from {f}: tuned with "
-                + ", ".join(f"{k} {tuned_with[k]}" for k in diff)
-                + ", not " + ", ".join(f"{k} {getattr(args, k)}" for k in diff)
-                + "; pass those settings or tune again"
-            )
-    try:
-        scales.update(parse_row_scales(args.row_kd_scale))
-    except ValueError as err:
-        raise SystemExit(f"--row-kd-scale: {err}") from err
-    return dict(sorted(scales.items()))
+    """Per-row lambdas (:func:`icefall_spkd.table_runs.resolve_row_scales`) under RECIPE."""
+    return table_runs.resolve_row_scales(args, RECIPE)
 
 
 def bootstrap_section(
@@ -704,7 +544,7 @@ def main() -> None:
         if any(TABLE_ROWS[k].uses_teacher for k in order)
         else ""
     )
-    results_md.write_text(f"# {args.title}\n\n{provenance()}{kd_line}\n{table}\n")
+    results_md.write_text(f"# {args.title}\n\n{provenance(RECIPE)}{kd_line}\n{table}\n")
     print(table)
     logging.info(f"Wrote {results_md} and {chart}")
 
