@@ -129,13 +129,18 @@ def test_exp_root_made_with_other_settings_is_refused(run_table, tmp_path):
     run_table.check_settings(rows_only, tmp_path)  # rows and jobs do not change results
 
 
-def _finished_run(root: Path, key: str, seed: int, sets=("dev", "test-clean")) -> Path:
+def _finished_run(
+    root: Path, key: str, seed: int, sets=("dev", "test-clean"), suffix: str = ""
+) -> Path:
     import json
 
     d = root / key / f"seed-{seed}"
     d.mkdir(parents=True)
     wer = {"modified_beam_search": {s: {"wer": 50.0} for s in sets}}
-    (d / "result.json").write_text(json.dumps({"row": key, "seed": seed, "wer": wer}))
+    made_with = {"modified_beam_search": suffix}
+    (d / "result.json").write_text(
+        json.dumps({"row": key, "seed": seed, "wer": wer, "decode_suffix": made_with})
+    )
     return d
 
 
@@ -165,7 +170,9 @@ def test_a_finished_run_is_decoded_for_a_missing_test_set(run_table, monkeypatch
     """A result without a requested set is decoded for it only; the old sets are kept."""
     import json
 
-    d = _finished_run(tmp_path, "baseline", 42, sets=("dev",))
+    args = run_table.get_parser().parse_args([])
+    suffix = run_table.decode_suffix(args, "baseline", "modified_beam_search")
+    d = _finished_run(tmp_path, "baseline", 42, sets=("dev",), suffix=suffix)
     (d / "train_time.json").write_text(json.dumps({"seconds": 3.0}))
     decoded = []
 
@@ -190,6 +197,40 @@ def test_a_finished_run_is_decoded_for_a_missing_test_set(run_table, monkeypatch
     assert decoded == [["test-other"]]
     wer = json.loads((d / "result.json").read_text())["wer"]["modified_beam_search"]
     assert wer == {"dev": {"wer": 50.0}, "test-other": {"wer": 60.0}}
+
+
+def test_results_of_another_beam_size_are_not_reused(run_table, monkeypatch, tmp_path):
+    """A run whose result.json holds a method's WERs at another beam size (as when a
+    root with other decoding settings links it) is decoded again with this root's."""
+    import json
+
+    beam8 = run_table.decode_suffix(
+        run_table.get_parser().parse_args(["--beam-size", "8"]), "pkd", "modified_beam_search"
+    )
+    d = _finished_run(tmp_path, "baseline", 42, sets=("dev",), suffix=beam8)
+    (d / "train_time.json").write_text(json.dumps({"seconds": 3.0}))
+    decoded = []
+
+    def fake_decode(args, key, exp_dir, method, sets):
+        decoded.append((args.beam_size, sets))
+        return {s: {"wer": 40.0 + args.beam_size} for s in sets}
+
+    for name, fake in (("train", lambda *a: None), ("decode", fake_decode),
+                       ("count_params", lambda d, e: 10), ("num_batches", lambda d, e: 5),
+                       ("summarise", lambda *a: None), ("render_markdown", lambda *a: "table"),
+                       ("plot_chart", lambda *a: None)):  # fmt: skip
+        monkeypatch.setattr(run_table, name, fake)
+    argv = ["run_table.py", "--rows", "baseline", "--exp-root", str(tmp_path),
+            "--decoding-methods", "modified_beam_search", "--test-sets", "dev"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv + ["--beam-size", "4"])
+    run_table.main()
+    assert decoded == [(4, ["dev"])]
+    result = json.loads((d / "result.json").read_text())
+    assert result["wer"]["modified_beam_search"] == {"dev": {"wer": 44.0}}
+    assert result["decode_suffix"]["modified_beam_search"].endswith("-beam-size-4")
+    monkeypatch.setattr("sys.argv", argv + ["--beam-size", "4"])
+    run_table.main()
+    assert decoded == [(4, ["dev"])]  # recorded with this setting now: reused
 
 
 def test_pkd_control_and_per_row_lambdas_reach_train_py(run_table, monkeypatch, tmp_path):

@@ -462,6 +462,12 @@ def main() -> None:
         exp_dir = exp_root / key / f"seed-{seed}"
         result_file = exp_dir / "result.json"
         old = json.loads(result_file.read_text()) if result_file.exists() else None
+        # WERs recorded under another decoding setting of the same method (another
+        # beam size or LM setting, e.g. by a root that links this run) are not ours.
+        suffixes = {m: decode_suffix(args, key, m) for m in methods}
+        if old is not None:
+            made_with = old.get("decode_suffix", {})
+            old["wer"] = {m: w for m, w in old["wer"].items() if made_with.get(m) == suffixes.get(m)}
         if old is not None and all(s in old["wer"].get(m, {}) for m in methods for s in test_sets):
             logging.info(f"{key} seed {seed}: done already ({result_file})")
             return
@@ -483,6 +489,7 @@ def main() -> None:
             "num_batches": num_batches(exp_dir, epochs),
             "train_seconds": json.loads((exp_dir / "train_time.json").read_text())["seconds"],
             "wer": wer,
+            "decode_suffix": suffixes,
         }
         tmp = result_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=2))
