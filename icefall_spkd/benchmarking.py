@@ -408,7 +408,8 @@ def subprocess_peak_memory(
 # --------------------------------------------------------------------------- #
 # Machine and command line
 # --------------------------------------------------------------------------- #
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -429,7 +430,7 @@ def machine_info(device: torch.device | str = "cpu") -> Dict[str, Any]:
     except AttributeError:  # not Linux
         affinity = os.cpu_count() or 0
     info: Dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": affinity,
         "torch_threads": torch.get_num_threads(),

@@ -49,8 +49,7 @@ Speaker ids encode voices: ``101``-``105`` flite, ``201``-``203`` festival,
 ids are ``<split code><chunk>`` (train 1xxx, dev 2xxx, test-clean 3xxx,
 test-other 4xxx, test-open 5xxx; the optional probe splits of
 :mod:`icefall_spkd.synthetic_probes` 6xxx and 7xxx), so ids never collide
-across splits. The
-closed task also writes ``<corpus_dir>/VOCABULARY.TXT``.
+across splits. The closed task also writes ``<corpus_dir>/VOCABULARY.TXT``.
 """
 
 from __future__ import annotations

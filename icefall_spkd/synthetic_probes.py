@@ -21,9 +21,9 @@ test-other-clean, 7xxx for test-clean-degraded), so ids stay unique.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
-from icefall_spkd.synthetic_audio import UttPlan
+from icefall_spkd.synthetic_audio import Degradation, UttPlan
 
 __all__ = ["PROBE_SPLITS", "robustness_probe_plans"]
 
@@ -37,7 +37,7 @@ def _probe_id(utt_id: str, split: str) -> str:
     return f"{speaker}-{PROBE_CODES[split] * 1000 + int(chapter) % 1000}-{utt}"
 
 
-def _probe(plan: UttPlan, split: str, degradation) -> UttPlan:
+def _probe(plan: UttPlan, split: str, degradation: Optional[Degradation]) -> UttPlan:
     return replace(plan, utt_id=_probe_id(plan.utt_id, split), split=split, degradation=degradation)
 
 

@@ -30,7 +30,6 @@ import datetime
 import json
 import logging
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import torch
 
+from icefall_spkd.benchmarking import cpu_model
 from icefall_spkd.results_table import KD_SETTINGS, TABLE_ROWS, parse_row_scales, row_kd_settings
 
 # Settings that change what a run produces; a finished row is reused only
@@ -226,14 +226,7 @@ def provenance(repo_dir: Path) -> str:
         rev = rev + (" (with uncommitted changes)" if dirty else "")
     except OSError:
         rev = "unknown"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     if torch.cuda.is_available():
         machine = f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     else:

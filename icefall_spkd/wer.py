@@ -35,6 +35,7 @@ __all__ = [
     "compute_error_rates",
     "compute_wer",
     "read_recogs",
+    "read_recogs_or_exit",
     "utterance_errors",
     "write_error_stats",
     "write_recogs",
@@ -203,6 +204,17 @@ def read_recogs(path: PathLike) -> list[tuple[str, list[str], list[str]]]:
             )
         out.append((cut_r, ref.split(), hyp.split()))
     return out
+
+
+def read_recogs_or_exit(path: PathLike) -> list[tuple[str, list[str], list[str]]]:
+    """:func:`read_recogs` for command-line scripts: a missing or malformed file
+    stops the script with one line naming it and saying what to do."""
+    if not Path(path).is_file():
+        raise SystemExit(f"{path}: no such file; decode first (spkd_transducer/decode.py)")
+    try:
+        return read_recogs(path)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def write_recogs(path: PathLike, results: Sequence[Result]) -> None:

@@ -42,6 +42,7 @@ from icefall_spkd.wer import (
     compute_error_rates,
     compute_wer,
     read_recogs,
+    read_recogs_or_exit,
     utterance_errors,
     write_error_stats,
     write_recogs,
@@ -172,6 +173,12 @@ def test_write_recogs_and_summary(tmp_path: Path) -> None:
     (tmp_path / "bad.txt").write_text("u1:\tref=A B\nu2:\thyp=A B\n")
     with pytest.raises(ValueError, match="bad.txt:1"):
         read_recogs(tmp_path / "bad.txt")
+    # the scripts' reader: the same results, one-line exits for bad files
+    assert read_recogs_or_exit(recogs) == read_recogs(recogs)
+    with pytest.raises(SystemExit, match="bad.txt:1: expected"):
+        read_recogs_or_exit(tmp_path / "bad.txt")
+    with pytest.raises(SystemExit, match="missing.txt: no such file; decode first"):
+        read_recogs_or_exit(tmp_path / "missing.txt")
 
     summary = tmp_path / "wer-summary.txt"
     write_wer_summary(summary, {"beam_size_4": 7.5, "greedy_search": 8.25, "beam_size_8": 7.125})

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from icefall_spkd.wer import read_recogs
+from icefall_spkd.wer import read_recogs_or_exit
 from icefall_spkd.word_frequency import errors_by_train_count, parse_bucket_edges, word_counts
 
 
@@ -70,12 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     counts = word_counts(args.train_text.read_text(encoding="utf-8").splitlines())
     print(f"{args.train_text}: {sum(counts.values())} words, {len(counts)} distinct\n")
     for path in args.recogs:
-        if not path.is_file():
-            sys.exit(f"{path}: no such file; decode first (spkd_transducer/decode.py)")
-        try:
-            results = read_recogs(path)
-        except ValueError as e:
-            sys.exit(str(e))
+        results = read_recogs_or_exit(path)
         buckets, insertions = errors_by_train_count(results, counts, edges)
         print(format_table(path, buckets, insertions) + "\n")
     return 0

@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from icefall_spkd.wer import compute_wer, read_recogs
+from icefall_spkd.wer import compute_wer, read_recogs_or_exit
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -85,12 +85,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except ValueError as e:
             sys.exit(str(e))
     for path in args.recogs:
-        if not path.is_file():
-            sys.exit(f"{path}: no such file; decode first (spkd_transducer/decode.py)")
-        try:
-            results = read_recogs(path)
-        except ValueError as e:
-            sys.exit(str(e))
+        results = read_recogs_or_exit(path)
         print(format_table(path, wer_by_speaker(results), names) + "\n")
     return 0
 
