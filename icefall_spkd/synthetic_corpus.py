@@ -58,13 +58,11 @@ import contextlib
 import logging
 import multiprocessing
 import random
-import shutil
-import subprocess
 import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from tqdm import tqdm
 
@@ -80,6 +78,7 @@ from icefall_spkd.synthetic_audio import (
 )
 from icefall_spkd.synthetic_probes import PROBE_SPLITS, robustness_probe_plans
 from icefall_spkd.synthetic_text import FORTUNE_DIR, closed_vocabulary, load_sentences
+from icefall_spkd.synthetic_voices import pick_voice, voice_catalogue
 
 __all__ = [
     "SPLITS",
@@ -102,29 +101,6 @@ ALL_SPLITS = SPLITS + (OPEN_TEST,)
 SPLIT_CODES = {"train": 1, "dev": 2, "test-clean": 3, "test-other": 4, OPEN_TEST: 5}
 TASKS = ("closed", "open")
 
-FLITE_VOICES = ("rms", "awb", "kal16", "slt", "kal")  # awb_time only speaks clock times
-FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
-ESPEAK_ACCENTS = (
-    "en-us",
-    "en-gb",
-    "en-gb-scotland",
-    "en-gb-x-gbclan",
-    "en-gb-x-rp",
-    "en-us-nyc",
-    "en-029",
-    "en-gb-x-gbcwmd",
-)
-# espeak-ng variants that sound like a (robotic) human; whisper, croak,
-# Demonic and the like are left out.
-ESPEAK_VARIANTS = (
-    "m1 m2 m3 m4 m5 m6 m7 f1 f2 f3 f4 f5 adam Alex Andy anika aunty belinda benjamin boris "
-    "david ed edward Gene grandma grandpa iven john klatt linda max Michael Mike norbert paul "
-    "pedro quincy rob robert shelby steph travis victor zac"
-).split()
-# Voices used only by test-other: one flite voice, one festival voice and
-# two whole espeak-ng accents (whose variants no other accent uses).
-HELD_OUT = {"flite": ("awb",), "festival": ("ked_diphone",), "espeak": ("en-029", "en-gb-x-gbcwmd")}
-ENGINE_WEIGHTS = {"flite": 0.4, "festival": 0.3, "espeak": 0.3}
 # Seconds of audio per word at rate 1.0, engine silences included (measured on
 # 200 fortune sentences); used only to decide how many sentences fill train_hours.
 SECONDS_PER_WORD = {"flite": 0.32, "festival": 0.365, "espeak": 0.30}
@@ -139,59 +115,6 @@ UTTS_PER_CHAPTER = 40
 SYNTHESIS_CHUNK = 48
 
 
-# ---------------------------------------------------------------- voices
-
-
-def _flite_available() -> List[str]:
-    if shutil.which("flite") is None:
-        return []
-    out = subprocess.run(["flite", "-lv"], capture_output=True, text=True).stdout
-    return out.replace("Voices available:", "").split()
-
-
-def _festival_available(name: str) -> bool:
-    if shutil.which("text2wave") is None:
-        return False
-    return any(Path("/usr/share/festival/voices").glob(f"*/{name}"))
-
-
-def voice_catalogue(seed: int = 42, espeak_variants_per_accent: int = 3) -> List[Voice]:
-    """All voices installed here, with their speaker ids and held-out flags.
-
-    espeak-ng voices are accent+variant pairs; each accent gets its own
-    ``espeak_variants_per_accent`` variants (chosen by ``seed``, disjoint
-    across accents), so held-out accents share no variant with seen ones.
-    """
-    voices: List[Voice] = []
-    flite = set(_flite_available())
-    for i, name in enumerate(FLITE_VOICES):
-        if name in flite:
-            voices.append(Voice("flite", name, 101 + i, name in HELD_OUT["flite"]))
-    for i, name in enumerate(FESTIVAL_VOICES):
-        if _festival_available(name):
-            voices.append(Voice("festival", name, 201 + i, name in HELD_OUT["festival"]))
-    if shutil.which("espeak-ng") is not None:
-        variants = list(ESPEAK_VARIANTS)
-        random.Random(f"{seed}-espeak-variants").shuffle(variants)
-        k = espeak_variants_per_accent
-        for a, accent in enumerate(ESPEAK_ACCENTS):
-            for variant in variants[a * k : (a + 1) * k]:
-                speaker = 3000 + 100 * a + ESPEAK_VARIANTS.index(variant)
-                held = accent in HELD_OUT["espeak"]
-                voices.append(Voice("espeak", f"{accent}+{variant}", speaker, held))
-    return voices
-
-
-def _pick_voice(rng: random.Random, voices: Sequence[Voice]) -> Voice:
-    """Choose an engine by ENGINE_WEIGHTS (among those present), then a voice."""
-    by_engine: Dict[str, List[Voice]] = defaultdict(list)
-    for v in voices:
-        by_engine[v.engine].append(v)
-    engines = sorted(by_engine)
-    engine = rng.choices(engines, weights=[ENGINE_WEIGHTS[e] for e in engines])[0]
-    return rng.choice(by_engine[engine])
-
-
 # ---------------------------------------------------------------- text
 
 
@@ -202,7 +125,7 @@ def _draw_utt(
     rng: random.Random, split: str, text: str, voices: Sequence[Voice], degrade: bool
 ) -> UttPlan:
     """One utterance's voice and prosody, plus reverb and noise when ``degrade``."""
-    voice = _pick_voice(rng, voices)
+    voice = pick_voice(rng, voices)
     plan = UttPlan(
         utt_id="",
         split=split,
@@ -486,6 +409,7 @@ def build_synthetic_corpus(
     vocab_words: int = 2000,
     train_degraded_fraction: float = 0.3,
     probe_splits: bool = False,
+    espeak_seen_variants_per_accent: Optional[int] = None,
 ) -> Dict[str, Dict[str, float]]:
     """Synthesise the corpus into ``corpus_dir`` and write manifests to ``output_dir``.
 
@@ -498,6 +422,9 @@ def build_synthetic_corpus(
       nj: worker processes.
       fortune_dir: Debian fortunes directory (the text source).
       espeak_variants_per_accent: espeak-ng voices per accent.
+      espeak_seen_variants_per_accent: espeak-ng voices per seen accent (default:
+        ``espeak_variants_per_accent``); more voices in train, dev and
+        test-clean, the same held-out ones (:func:`voice_catalogue`).
       task: ``"closed"`` (sentences of the ``vocab_words`` commonest words, plus
         the extra split ``test-open``) or ``"open"`` (every clean sentence); see
         :mod:`icefall_spkd.synthetic_text`.
@@ -521,7 +448,7 @@ def build_synthetic_corpus(
         return _build_locked(
             corpus_dir, output_dir, train_hours, dev_utts, test_utts, seed, nj,
             fortune_dir, espeak_variants_per_accent, task, vocab_words, train_degraded_fraction,
-            probe_splits,
+            probe_splits, espeak_seen_variants_per_accent,
         )  # fmt: skip
 
 
@@ -563,12 +490,13 @@ def _build_locked(
     vocab_words: int,
     train_degraded_fraction: float,
     probe_splits: bool,
+    espeak_seen_variants_per_accent: Optional[int],
 ) -> Dict[str, Dict[str, float]]:
     """The body of :func:`build_synthetic_corpus`, run under the build lock."""
     start = time.time()
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    voices = voice_catalogue(seed, espeak_variants_per_accent)
+    voices = voice_catalogue(seed, espeak_variants_per_accent, espeak_seen_variants_per_accent)
     open_sentences: List[str] = []
     if task == "closed":
         closed = closed_vocabulary(load_sentences(fortune_dir, min_words=4), vocab_words)

@@ -20,6 +20,7 @@ import soundfile as sf
 from icefall_spkd import synthetic_audio as sa
 from icefall_spkd import synthetic_corpus as sc
 from icefall_spkd.synthetic_text import closed_vocabulary, load_sentences
+from icefall_spkd.synthetic_voices import HELD_OUT
 from icefall_spkd.text import normalize_text
 
 pytestmark = pytest.mark.skipif(
@@ -319,3 +320,31 @@ def test_a_second_build_into_the_same_directory_is_refused(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running build holds it
         with pytest.raises(RuntimeError, match="another synthetic-corpus build is running"):
             build_synthetic_corpus(corpus_dir, tmp_path / "manifests", train_hours=0.02)
+
+
+def test_more_seen_espeak_variants_keep_the_held_out_voices() -> None:
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed")
+    base = sc.voice_catalogue(42)
+    more = sc.voice_catalogue(42, espeak_seen_variants_per_accent=6)
+    held = lambda vs: sorted(v.key for v in vs if v.held_out)  # noqa: E731
+    assert held(more) == held(base)
+    espeak = [v for v in more if v.engine == "espeak"]
+    per_accent: dict = {}
+    for v in espeak:
+        accent, variant = v.name.split("+")
+        per_accent.setdefault(accent, []).append(variant)
+    for accent, variants in per_accent.items():
+        assert len(variants) == (3 if accent in HELD_OUT["espeak"] else 6), accent
+    variants = [v for vs in per_accent.values() for v in vs]
+    assert len(variants) == len(set(variants))  # no variant in two accents
+    assert len({v.speaker for v in more}) == len(more)
+    # every voice of the default catalogue keeps its speaker id
+    assert {(v.key, v.speaker) for v in base} <= {(v.key, v.speaker) for v in more}
+    # test-other is read by the same voices, so it is the same split
+    sentences = closed_vocabulary(load_sentences(min_words=4), 2000).sentences
+    plans = [sc.plan_corpus(sentences, vs, 0.2, 20, 20, seed=42) for vs in (base, more)]
+    other = [[p for p in ps if p.split == "test-other"] for ps in plans]
+    assert other[0] == other[1]
+    with pytest.raises(ValueError, match="variants"):
+        sc.voice_catalogue(42, espeak_seen_variants_per_accent=7)

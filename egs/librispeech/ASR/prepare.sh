@@ -37,6 +37,7 @@ vocab_words=2000        # synthetic only, closed task: vocabulary size
 train_hours=3.0         # synthetic only
 train_degraded=0.3      # synthetic only: share of train with test-other's reverb and noise
 probe_splits=false      # synthetic only: also test-other-clean and test-clean-degraded (voices vs noise)
+espeak_seen_variants=3  # synthetic only: espeak-ng voices per seen accent (3-6; test-other's voices stay)
 dev_utts=200            # synthetic only
 test_utts=200           # synthetic only
 seed=42                 # synthetic only
@@ -49,7 +50,7 @@ full_read=true          # decode all audio in the checks (false: headers only)
 lm_order=8              # stage 6: n of the token n-gram LM
 
 help_message="Usage: $0 [--stage N] [--stop-stage N] [--nj N] [--corpus librispeech|synthetic]
-  [--task closed|open] [--vocab-words N] [--train-degraded F] [--probe-splits true|false] [--train-hours H] [--dev-utts N] [--test-utts N] [--seed S] [--vocab-sizes \"500 ...\"]
+  [--task closed|open] [--vocab-words N] [--train-degraded F] [--probe-splits true|false] [--espeak-seen-variants N] [--train-hours H] [--dev-utts N] [--test-utts N] [--seed S] [--vocab-sizes \"500 ...\"]
   [--speed-perturb true|false] [--full-libri true|false] [--dl-dir DIR]
   [--max-chars-per-sec X] [--full-read true|false] [--lm-order N]"
 
@@ -117,7 +118,8 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
     $python "$recipe_dir"/local/prepare_synthetic.py --corpus-dir "$dl_dir/synthetic" --output-dir "$manifests" \
       --train-hours "$train_hours" --dev-utts "$dev_utts" --test-utts "$test_utts" \
       --seed "$seed" --nj "$nj" --task "$task" --vocab-words "$vocab_words" \
-      --train-degraded-fraction "$train_degraded" --probe-splits "$probe_splits"
+      --train-degraded-fraction "$train_degraded" --probe-splits "$probe_splits" \
+      --espeak-seen-variants "$espeak_seen_variants"
   fi
 fi
 

@@ -73,6 +73,13 @@ def get_parser() -> argparse.ArgumentParser:
         help="Also make test-other-clean (test-other without reverb and noise) and "
         "test-clean-degraded (test-clean with test-other's reverb and noise).",
     )
+    parser.add_argument(
+        "--espeak-seen-variants",
+        type=int,
+        default=3,
+        help="espeak-ng voices per seen accent (3 to 6): more voices in train, dev and "
+        "test-clean; test-other's held-out voices stay the same.",
+    )
     parser.add_argument("--seed", type=int, default=42, help="Everything follows this seed.")
     parser.add_argument("--nj", type=int, default=2, help="Parallel worker processes.")
     return parser
@@ -97,6 +104,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         vocab_words=args.vocab_words,
         train_degraded_fraction=args.train_degraded_fraction,
         probe_splits=args.probe_splits,
+        espeak_seen_variants_per_accent=args.espeak_seen_variants,
     )
     logging.info(f"Manifests are in {args.output_dir}")
 
