@@ -54,7 +54,7 @@ def test_coordinate_search_moves_along_the_stages(tune_kd, monkeypatch, tmp_path
         flag = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--")}
         kd = {k: float(flag["--" + k.replace("_", "-")]) for k in tune_kd.KD_SETTINGS}
         run = Path(flag["--exp-root"]) / "spkd-n2" / "seed-42"
-        run.mkdir(parents=True)
+        run.mkdir(parents=True, exist_ok=True)
         dev = {"wer": fake_wer(kd), "ins": 1, "del": 2, "sub": 3}
         (run / "result.json").write_text(
             json.dumps({"wer": {"modified_beam_search": {"dev": dev}}})
@@ -78,10 +78,11 @@ def test_coordinate_search_moves_along_the_stages(tune_kd, monkeypatch, tmp_path
     assert first[first.index("--test-sets") + 1] == "dev"  # tuning never decodes the test sets
     text = (tmp_path / "tune" / "TUNING.md").read_text()
     assert "Chosen: lambda 1.0, rho 1.0, tau 1.0, R 5" in text
-    # a second run finds every point and trains nothing
+    # a second run asks the driver about the same points again (it skips what is done)
+    first_round = [c[c.index("--exp-root") + 1] for c in commands]
     commands.clear()
     tune_kd.main()
-    assert commands == []
+    assert [c[c.index("--exp-root") + 1] for c in commands] == first_round
 
 
 def test_widen_and_best(tune_kd):
@@ -124,7 +125,7 @@ def test_lambda_per_method_widens_at_the_edges(tune_kd, monkeypatch, tmp_path):
         assert flag["--test-sets"] == "dev" and flag["--kd-sampling-scale"] == "0.5"
         row = flag["--rows"]
         run = Path(flag["--exp-root"]) / row / "seed-42"
-        run.mkdir(parents=True)
+        run.mkdir(parents=True, exist_ok=True)
         dev = {"wer": fake_wer(row, float(flag["--kd-scale"])), "ins": 1, "del": 2, "sub": 3,
                "ref_words": 100}  # fmt: skip
         (run / "result.json").write_text(
@@ -156,10 +157,10 @@ def test_lambda_per_method_widens_at_the_edges(tune_kd, monkeypatch, tmp_path):
     assert record["kd_settings"]["kd_sampling_scale"] == 0.5
     text = (tune_root / "TUNING.md").read_text()
     assert "| 0.0625 (grid edge) |" in text and "= 1.5." in text  # pkd-eq: 1 x (1 + 0.5)
-    # resumable: a second run trains nothing
+    # resumable: a second run asks the driver about the same points, no new ones
     commands.clear()
     tune_kd.main()
-    assert commands == []
+    assert sorted((c[c.index("--rows") + 1], float(c[c.index("--kd-scale") + 1])) for c in commands) == tried
     # the table driver takes the lambdas
     run_table = load_recipe_script("local/run_table.py")
     args = run_table.get_parser().parse_args(
@@ -170,3 +171,46 @@ def test_lambda_per_method_widens_at_the_edges(tune_kd, monkeypatch, tmp_path):
     args.kd_sampling_scale = 1.0
     with pytest.raises(SystemExit, match="kd_sampling_scale"):
         run_table.resolve_row_scales(args)
+
+
+def test_a_point_holding_other_decoding_wers_is_decoded_again(tune_kd, monkeypatch, tmp_path):
+    """A point linked from the base root holds that root's WERs (beam 8 there); tuning compares
+    beam-4 WERs, so the point must go through the driver (which decodes it at beam 4) before
+    its WER is read. The stale beam-8 WER here would win the search; the beam-4 one loses."""
+    base = tmp_path / "table"
+    base.mkdir()
+    settings = {"seeds": "42", "num_epochs": 2, "teacher_epochs": None, "train_args": "",
+                "kd_scale": 2.0, "kd_sampling_scale": 0.5, "kd_temperature": 1.0,
+                "kd_prune_range": 5, "kd_sample_temperature": 1.0}  # fmt: skip
+    (base / "settings.json").write_text(json.dumps(settings))
+    beam4 = {1.0: 45.0, 2.0: 44.0, 4.0: 43.0}  # the best is 4
+    tune_root = tmp_path / "tune"
+    linked = tune_root / "pkd" / "lambda2.0-rho0.5-tau1.0-R5-stau1.0" / "pkd" / "seed-42"
+    linked.mkdir(parents=True)
+    stale = {"wer": 40.0, "ins": 1, "del": 2, "sub": 3, "ref_words": 100}  # beam 8, base root
+    (linked / "result.json").write_text(json.dumps({"wer": {"modified_beam_search": {"dev": stale}}}))
+    beams = []
+
+    def fake_run(cmd, cwd, env, stdout, stderr):
+        flag = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--")}
+        beams.append(flag.get("--beam-size"))
+        run = Path(flag["--exp-root"]) / "pkd" / "seed-42"
+        run.mkdir(parents=True, exist_ok=True)
+        dev = {"wer": beam4[float(flag["--kd-scale"])], "ins": 1, "del": 2, "sub": 3,
+               "ref_words": 100}  # fmt: skip
+        (run / "result.json").write_text(json.dumps({"wer": {"modified_beam_search": {"dev": dev}}}))
+
+        class Done:
+            returncode = 0
+
+        return Done()
+
+    monkeypatch.setattr(tune_kd.subprocess, "run", fake_run)
+    argv = ["tune_kd.py", "--base-root", str(base), "--tune-root", str(tune_root),
+            "--rows", "pkd", "--lambda-grid", "1,2,4", "--max-widen", "0"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    tune_kd.main()
+    assert beams == [str(tune_kd.TUNE_BEAM_SIZE)] * 3
+    record = json.loads((tune_root / "lambdas.json").read_text())
+    assert record["dev_wer"]["pkd"] == {"1": 45.0, "2": 44.0, "4": 43.0}
+    assert record["row_kd_scale"] == {"pkd": 4.0}

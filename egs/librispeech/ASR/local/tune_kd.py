@@ -36,7 +36,9 @@ on them.
 Every point is a ``local/run_table.py`` experiment root under
 ``--tune-root``, with everything but the KD settings copied from the base
 root's ``settings.json`` and the teacher (and the start point itself, when it
-is in the base root) linked in with ``--reuse-from``. Rerunning skips the
+is in the base root) linked in with ``--reuse-from``; every point goes through
+``run_table.py``, which decodes it at beam 4 when it holds WERs of another
+beam (a run linked from the base root). Rerunning skips the
 finished points. The summary goes to ``<tune-root>/TUNING.md``, ending with
 the ``run_table.py`` options of the chosen settings.
 """
@@ -65,6 +67,7 @@ SHORT = {
     "kd_sample_temperature": "stau",
 }
 METHOD = "modified_beam_search"
+TUNE_BEAM_SIZE = 4  # of METHOD on dev, for every point
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -149,6 +152,7 @@ def run_table_command(
         "--seeds", str(args.seed),
         "--test-sets", "dev",
         "--decoding-methods", METHOD,
+        "--beam-size", str(TUNE_BEAM_SIZE),
         "--title", f"KD tuning point {point_root.name}",
     ]  # fmt: skip
     for k, v in {**base, **kd}.items():
@@ -174,7 +178,7 @@ def render(
     base_kd: Dict[str, Any], rows: Sequence[Dict[str, Any]], chosen: Dict[str, Any], args
 ) -> str:
     lines = [
-        f"# KD tuning of `{args.row}` on dev (seed {args.seed}, {METHOD}, beam 4)",
+        f"# KD tuning of `{args.row}` on dev (seed {args.seed}, {METHOD}, beam {TUNE_BEAM_SIZE})",
         "",
         f"- command (from egs/librispeech/ASR): `{' '.join(shlex.quote(a) for a in sys.argv)}`",
         f"- start point: the settings of `{args.base_root}`: "
@@ -252,7 +256,7 @@ def render_lambdas(
     """TUNING.md of the per-method lambda search: dev WER of each row at each lambda."""
     grid = sorted({v for d in devs.values() for v in d})
     lines = [
-        f"# lambda per method on dev (seed {args.seed}, {METHOD}, beam 4)",
+        f"# lambda per method on dev (seed {args.seed}, {METHOD}, beam {TUNE_BEAM_SIZE})",
         "",
         f"- command (from egs/librispeech/ASR): `{' '.join(shlex.quote(a) for a in sys.argv)}`",
         f"- grid: {args.lambda_grid} for every row, widened by x{args.widen_factor:g} past an "
@@ -380,20 +384,20 @@ def main() -> None:
         row = row or args.row
         # per-method points: <tune-root>/<row>/<settings>; the coordinate search: <tune-root>/<settings>
         point_root = tune_root / row / point_name(kd) if args.rows else tune_root / point_name(kd)
-        if dev_result(point_root, row, args.seed) is None:
-            cmd = run_table_command(base, kd, args, point_root, row)
-            logging.info("$ " + " ".join(shlex.quote(c) for c in cmd))
-            if not args.dry_run:
-                point_root.mkdir(parents=True, exist_ok=True)
-                with open(point_root / "run_table.log", "a") as log:
-                    proc = subprocess.run(
-                        cmd, cwd=RECIPE, env=env, stdout=log, stderr=subprocess.STDOUT
-                    )
-                if proc.returncode != 0:
-                    raise SystemExit(
-                        f"point {point_root} failed; see {point_root / 'run_table.log'}"
-                    )
-        return None if args.dry_run else dev_result(point_root, row, args.seed)
+        # Always through run_table.py, even for a point with a result.json: the
+        # driver alone knows whether the WERs there were decoded as a tuning point
+        # decodes (a run linked from the base root holds the base's beam size), and
+        # it skips what is done in seconds.
+        cmd = run_table_command(base, kd, args, point_root, row)
+        logging.info("$ " + " ".join(shlex.quote(c) for c in cmd))
+        if args.dry_run:
+            return None
+        point_root.mkdir(parents=True, exist_ok=True)
+        with open(point_root / "run_table.log", "a") as log:
+            proc = subprocess.run(cmd, cwd=RECIPE, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            raise SystemExit(f"point {point_root} failed; see {point_root / 'run_table.log'}")
+        return dev_result(point_root, row, args.seed)
 
     if args.rows:
         tune_lambdas(args, base, tune_root, run_point)
