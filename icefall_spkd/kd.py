@@ -281,6 +281,34 @@ def sequence_kd(
     return _window_kd(teacher, student, rows, ranges, opts, generator, "samp", counts=counts)
 
 
+def window_node_keys(
+    y: Tensor, ranges: Tensor, utt: Tensor, context_size: int, vocab_size: int, blank_id: int
+) -> Tensor:
+    """``(B, T, R)`` int64 key of every window node: equal keys, equal joiner inputs.
+
+    With stateless decoders the output at position ``u`` depends only on the
+    last ``context_size`` tokens ``y[u - context_size .. u - 1]`` (blanks
+    before the start), so a node is fixed by (utterance, frame, that context).
+    Rows of one utterance (``utt``) with the same context at a frame share
+    the node, whatever label sequences they come from. Keys off the valid
+    lattice (``window_mask``) are meaningless.
+
+    Args:
+      y: ``(B, U)`` label sequences (padded); ranges: ``(B, T, R)`` window.
+      utt: ``(B,)`` utterance of each row.
+    """
+    B, T, R = ranges.shape
+    device = ranges.device
+    # the context of node u is tokens u-context_size+1 .. u, i.e. ypad[u .. u+cs-1]
+    ypad = F.pad(y, (context_size, 0), value=blank_id)
+    top = ypad.shape[1] - context_size
+    key = utt.to(device).view(B, 1, 1) * T + torch.arange(T, device=device).view(1, T, 1)
+    for j in range(context_size):
+        tok = ypad.gather(1, (ranges.clamp(max=top) + j).reshape(B, -1)).view(B, T, R)
+        key = key * vocab_size + tok
+    return key
+
+
 def _shared_node_kd(
     teacher: Any, student: Any, rows: SequenceRows, ranges: Tensor, weights: Tensor,
     utt: Tensor, tau: float,
@@ -304,17 +332,10 @@ def _shared_node_kd(
     Returns:
       ``(loss, distinct nodes, weighted nodes)``.
     """
-    B, T, R = ranges.shape
     device = ranges.device
     context_size = max(teacher.decoder.context_size, student.decoder.context_size)
     live = weights != 0
-    # the context of node u is tokens u-context_size+1 .. u, i.e. ypad[u .. u+cs-1]
-    ypad = F.pad(rows.y, (context_size, 0), value=teacher.blank_id)
-    top = ypad.shape[1] - context_size
-    key = utt.to(device).view(B, 1, 1) * T + torch.arange(T, device=device).view(1, T, 1)
-    for j in range(context_size):
-        tok = ypad.gather(1, (ranges.clamp(max=top) + j).reshape(B, -1)).view(B, T, R)
-        key = key * teacher.vocab_size + tok
+    key = window_node_keys(rows.y, ranges, utt, context_size, teacher.vocab_size, teacher.blank_id)
     where = live.nonzero()  # (M, 3): (row, t, k)
     uniq, inverse = torch.unique(key[live], return_inverse=True)
     M, D = int(live.sum()), uniq.numel()
