@@ -16,7 +16,8 @@ Usage (from egs/librispeech/ASR)::
 
 ``--test-set train`` takes the first ``--train-utts`` training utterances
 instead: the data the KD terms are computed on. Writes
-``<exp-dir>/kd-sample-overlap-<set>-<suffix>-n<N>-r<R>.json`` and logs a summary.
+``<exp-dir>/kd-sample-overlap-<set>-<suffix>-n<N>-r<R>-t<temperature>.json`` and logs
+a summary.
 """
 
 from __future__ import annotations
@@ -77,7 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     params.exp_dir = Path(params.exp_dir)
     params.update(test_sets=[], decoding_method="greedy_search", max_sym_per_frame=1)
     _, suffix, _ = decoding_plan(params, DECODING_SETS)
-    name = f"kd-sample-overlap-{args.test_set}-{suffix}-n{args.num_samples}-r{args.kd_prune_range}"
+    name = (
+        f"kd-sample-overlap-{args.test_set}-{suffix}-n{args.num_samples}-r{args.kd_prune_range}"
+        f"-t{args.kd_sample_temperature:g}"
+    )
     setup_logger(params.exp_dir / "log" / f"log-{name}")
     sp = load_vocabulary(params)
     model = build_decoding_model(params, explicit_model_flags(parser, args))
