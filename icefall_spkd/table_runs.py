@@ -15,6 +15,9 @@ of such a root may be kept or reused, and what is written at the top of its
   (``--reuse-from``) made with the settings their row depends on;
 - :func:`resolve_row_scales`: the per-row lambdas of ``--kd-scales-from`` and
   ``--row-kd-scale``;
+- :func:`wers_by_decoding`: the WERs a run's ``result.json`` holds, per
+  decoding setting (a run linked into several roots is decoded with each
+  root's beam size and LM, and keeps them all);
 - :func:`count_params` and :func:`num_batches`: what a finished run's last
   ``epoch-N.pt`` tells its ``result.json``;
 - :func:`provenance`: command, date, machine and git revision.
@@ -34,7 +37,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -191,6 +194,25 @@ def resolve_row_scales(args: argparse.Namespace, recipe: Path) -> Dict[str, floa
     except ValueError as err:
         raise SystemExit(f"--row-kd-scale: {err}") from err
     return dict(sorted(scales.items()))
+
+
+def wers_by_decoding(result: Optional[Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """``{decoding suffix: {test set: WER stats}}`` recorded in a run's ``result.json``.
+
+    The suffix is decode.py's result-file suffix (beam size, LM settings, ...),
+    so WERs of one decoding setting are never taken for another's. The file's
+    ``wer_by_suffix`` holds every setting it was decoded with; its ``wer``
+    (the last writer's view, ``{method: {set: stats}}``) is added under that
+    writer's ``decode_suffix``. A file without ``decode_suffix`` (written
+    before it was recorded) gives nothing: its settings are unknown.
+    """
+    if not result:
+        return {}
+    out = {k: dict(v) for k, v in result.get("wer_by_suffix", {}).items()}
+    for method, suffix in result.get("decode_suffix", {}).items():
+        if method in result.get("wer", {}):
+            out[suffix] = {**result["wer"][method], **out.get(suffix, {})}
+    return out
 
 
 def count_params(exp_dir: Path, epoch: int) -> int:

@@ -215,9 +215,14 @@ def test_results_of_another_beam_size_are_not_reused(run_table, monkeypatch, tmp
         decoded.append((args.beam_size, sets))
         return {s: {"wer": 40.0 + args.beam_size} for s in sets}
 
+    rendered = []
+
+    def fake_summarise(results, method, sets):
+        rendered.append(results["baseline"][0]["wer"][method]["dev"]["wer"])
+
     for name, fake in (("train", lambda *a: None), ("decode", fake_decode),
                        ("count_params", lambda d, e: 10), ("num_batches", lambda d, e: 5),
-                       ("summarise", lambda *a: None), ("render_markdown", lambda *a: "table"),
+                       ("summarise", fake_summarise), ("render_markdown", lambda *a: "table"),
                        ("plot_chart", lambda *a: None)):  # fmt: skip
         monkeypatch.setattr(run_table, name, fake)
     argv = ["run_table.py", "--rows", "baseline", "--exp-root", str(tmp_path),
@@ -231,6 +236,12 @@ def test_results_of_another_beam_size_are_not_reused(run_table, monkeypatch, tmp
     monkeypatch.setattr("sys.argv", argv + ["--beam-size", "4"])
     run_table.main()
     assert decoded == [(4, ["dev"])]  # recorded with this setting now: reused
+    # the beam-8 WERs were kept beside the beam-4 ones: a beam-8 root (the one that
+    # linked the run) needs no decoding and renders its own numbers, whoever wrote last
+    monkeypatch.setattr("sys.argv", argv + ["--beam-size", "8"])
+    run_table.main()
+    assert decoded == [(4, ["dev"])]
+    assert rendered == [44.0, 44.0, 50.0]
 
 
 def test_pkd_control_and_per_row_lambdas_reach_train_py(run_table, monkeypatch, tmp_path):

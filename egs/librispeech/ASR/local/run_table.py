@@ -86,7 +86,13 @@ from icefall_spkd.results_table import (
     row_kd_settings,
     summarise,
 )
-from icefall_spkd.table_runs import check_settings, count_params, num_batches, provenance
+from icefall_spkd.table_runs import (
+    check_settings,
+    count_params,
+    num_batches,
+    provenance,
+    wers_by_decoding,
+)
 from icefall_spkd.table_runs import row_settings as row_settings  # tests reach it here
 from icefall_spkd.utils import AttributeDict
 from icefall_spkd.wer import read_recogs, utterance_errors
@@ -462,13 +468,12 @@ def main() -> None:
         exp_dir = exp_root / key / f"seed-{seed}"
         result_file = exp_dir / "result.json"
         old = json.loads(result_file.read_text()) if result_file.exists() else None
-        # WERs recorded under another decoding setting of the same method (another
-        # beam size or LM setting, e.g. by a root that links this run) are not ours.
+        # WERs are kept per decoding setting: those of another beam size or LM
+        # setting (e.g. made by a root that links this run) are not ours, and
+        # ours do not replace theirs.
         suffixes = {m: decode_suffix(args, key, m) for m in methods}
-        if old is not None:
-            made_with = old.get("decode_suffix", {})
-            old["wer"] = {m: w for m, w in old["wer"].items() if made_with.get(m) == suffixes.get(m)}
-        if old is not None and all(s in old["wer"].get(m, {}) for m in methods for s in test_sets):
+        cache = wers_by_decoding(old)
+        if old is not None and all(s in cache.get(suffixes[m], {}) for m in methods for s in test_sets):
             logging.info(f"{key} seed {seed}: done already ({result_file})")
             return
         logging.info(f"=== {key} seed {seed}")
@@ -478,8 +483,11 @@ def main() -> None:
         wer = {m: decode(args, key, exp_dir, m, test_sets) for m in methods}
         if args.dry_run:
             return
-        if old is not None:  # a finished run decoded for more sets or methods: keep the old ones
-            wer = {m: {**old["wer"].get(m, {}), **wer.get(m, {})} for m in {*old["wer"], *wer}}
+        # a run decoded before, for other sets or settings (by another root meanwhile too): keep them
+        if result_file.exists():
+            cache = {**wers_by_decoding(json.loads(result_file.read_text())), **cache}
+        for m in methods:
+            cache[suffixes[m]] = {**cache.get(suffixes[m], {}), **wer[m]}
         epochs = teacher_epochs if key == "teacher" else args.num_epochs
         result = {
             "row": key,
@@ -488,8 +496,9 @@ def main() -> None:
             "params": count_params(exp_dir, epochs),
             "num_batches": num_batches(exp_dir, epochs),
             "train_seconds": json.loads((exp_dir / "train_time.json").read_text())["seconds"],
-            "wer": wer,
+            "wer": {m: cache[suffixes[m]] for m in methods},
             "decode_suffix": suffixes,
+            "wer_by_suffix": cache,
         }
         tmp = result_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=2))
@@ -522,8 +531,14 @@ def main() -> None:
     if args.dry_run:
         return
     results = load_results(exp_root, order)
-    for key, runs in results.items():  # results made before "kd" was recorded (or reused ones):
-        for run in runs:  # settings.json / the reuse check guarantee these settings
+    for key, runs in results.items():
+        suffixes = {m: decode_suffix(args, key, m) for m in methods}
+        for run in runs:
+            # this root's decoding settings, whichever root (of a linked run) wrote last
+            by_decoding = wers_by_decoding(run)
+            run["wer"] = {m: by_decoding.get(suffixes[m], {}) for m in methods}
+            # results made before "kd" was recorded (or reused ones): settings.json and
+            # the reuse check guarantee these settings
             run.setdefault("kd", row_kd_settings(key, vars(args), args.row_kd_scale) or None)
     results_md = args.results or exp_root / "RESULTS.md"
     results_md = results_md if results_md.is_absolute() else RECIPE / results_md
