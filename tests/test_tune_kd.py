@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from recipe_scripts import load_recipe_script
@@ -12,6 +13,33 @@ from recipe_scripts import load_recipe_script
 @pytest.fixture(scope="module")
 def tune_kd():
     return load_recipe_script("local/tune_kd.py")
+
+
+def _base_root(tmp_path: Path, **settings) -> Path:
+    """A finished run_table.py root as tune_kd reads it: its settings.json only."""
+    base = tmp_path / "table"
+    base.mkdir()
+    defaults = {"seeds": "42", "num_epochs": 6, "teacher_epochs": None, "train_args": "",
+                "kd_scale": 0.5, "kd_sampling_scale": 0.5, "kd_temperature": 1.0,
+                "kd_prune_range": 5, "kd_sample_temperature": 1.0}  # fmt: skip
+    (base / "settings.json").write_text(json.dumps({**defaults, **settings}))
+    return base
+
+
+def _fake_run_table(dev_of, commands: list):
+    """A stand-in for ``subprocess.run`` of run_table.py: records the command and writes the
+    point's result.json with ``dev_of(flags) -> (row, dev WER stats)``."""
+
+    def run(cmd, cwd, env, stdout, stderr):
+        commands.append(cmd)
+        flag = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--")}
+        row, dev = dev_of(flag)
+        d = Path(flag["--exp-root"]) / row / "seed-42"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "result.json").write_text(json.dumps({"wer": {"modified_beam_search": {"dev": dev}}}))
+        return SimpleNamespace(returncode=0)
+
+    return run
 
 
 def test_parse_stage(tune_kd):
@@ -32,12 +60,7 @@ def test_choose_needs_a_gain_of_min_gain(tune_kd):
 
 def test_coordinate_search_moves_along_the_stages(tune_kd, monkeypatch, tmp_path):
     """Fake training: dev WER is a known function of the settings; the search must follow it."""
-    base = tmp_path / "table"
-    base.mkdir()
-    settings = {"seeds": "42", "num_epochs": 6, "teacher_epochs": None, "train_args": "--x 1",
-                "kd_scale": 0.5, "kd_sampling_scale": 1.0, "kd_temperature": 1.0,
-                "kd_prune_range": 5, "kd_sample_temperature": 1.0}  # fmt: skip
-    (base / "settings.json").write_text(json.dumps(settings))
+    base = _base_root(tmp_path, train_args="--x 1", kd_sampling_scale=1.0)
 
     def fake_wer(kd):  # lambda 1 helps by 2, rho 2 by 0.3 (below min-gain), tau 2 hurts
         return (
@@ -47,24 +70,12 @@ def test_coordinate_search_moves_along_the_stages(tune_kd, monkeypatch, tmp_path
             + (kd["kd_temperature"] == 2.0)
         )
 
-    commands = []
-
-    def fake_run(cmd, cwd, env, stdout, stderr):
-        commands.append(cmd)
-        flag = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--")}
+    def dev_of(flag):
         kd = {k: float(flag["--" + k.replace("_", "-")]) for k in tune_kd.KD_SETTINGS}
-        run = Path(flag["--exp-root"]) / "spkd-n2" / "seed-42"
-        run.mkdir(parents=True, exist_ok=True)
-        dev = {"wer": fake_wer(kd), "ins": 1, "del": 2, "sub": 3}
-        (run / "result.json").write_text(
-            json.dumps({"wer": {"modified_beam_search": {"dev": dev}}})
-        )
+        return "spkd-n2", {"wer": fake_wer(kd), "ins": 1, "del": 2, "sub": 3}
 
-        class Done:
-            returncode = 0
-
-        return Done()
-
+    commands = []
+    fake_run = _fake_run_table(dev_of, commands)
     monkeypatch.setattr(tune_kd.subprocess, "run", fake_run)
     argv = ["tune_kd.py", "--base-root", str(base), "--tune-root", str(tmp_path / "tune"),
             "--stage", "kd_scale=0.25,1.0", "--stage", "kd_sampling_scale=2.0",
@@ -104,39 +115,22 @@ def test_lambda_per_method_widens_at_the_edges(tune_kd, monkeypatch, tmp_path):
     SP-KD's inside it, full-lattice KD's below anything the widening may reach."""
     import math
 
-    base = tmp_path / "table"
-    base.mkdir()
-    settings = {"seeds": "42", "num_epochs": 6, "teacher_epochs": None, "train_args": "",
-                "kd_scale": 0.5, "kd_sampling_scale": 0.5, "kd_temperature": 1.0,
-                "kd_prune_range": 5, "kd_sample_temperature": 1.0,
-                "row_kd_scale": {"pkd": 3.0}}  # fmt: skip
-    (base / "settings.json").write_text(json.dumps(settings))
+    base = _base_root(tmp_path, row_kd_scale={"pkd": 3.0})
     optimum = {"pkd": 8.0, "spkd-n2": 1.0, "full-kd": 0.001}
 
     def fake_wer(row, lam):  # a parabola in log2(lambda) around the row's optimum
         return 60.0 + (math.log2(lam) - math.log2(optimum[row])) ** 2
 
-    commands = []
-
-    def fake_run(cmd, cwd, env, stdout, stderr):
-        commands.append(cmd)
-        flag = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--")}
+    def dev_of(flag):
         assert "--row-kd-scale" not in flag  # a point sets the lambda with --kd-scale
         assert flag["--test-sets"] == "dev" and flag["--kd-sampling-scale"] == "0.5"
         row = flag["--rows"]
-        run = Path(flag["--exp-root"]) / row / "seed-42"
-        run.mkdir(parents=True, exist_ok=True)
         dev = {"wer": fake_wer(row, float(flag["--kd-scale"])), "ins": 1, "del": 2, "sub": 3,
                "ref_words": 100}  # fmt: skip
-        (run / "result.json").write_text(
-            json.dumps({"wer": {"modified_beam_search": {"dev": dev}}})
-        )
+        return row, dev
 
-        class Done:
-            returncode = 0
-
-        return Done()
-
+    commands = []
+    fake_run = _fake_run_table(dev_of, commands)
     monkeypatch.setattr(tune_kd.subprocess, "run", fake_run)
     tune_root = tmp_path / "tune"
     argv = ["tune_kd.py", "--base-root", str(base), "--tune-root", str(tune_root),
@@ -177,39 +171,27 @@ def test_a_point_holding_other_decoding_wers_is_decoded_again(tune_kd, monkeypat
     """A point linked from the base root holds that root's WERs (beam 8 there); tuning compares
     beam-4 WERs, so the point must go through the driver (which decodes it at beam 4) before
     its WER is read. The stale beam-8 WER here would win the search; the beam-4 one loses."""
-    base = tmp_path / "table"
-    base.mkdir()
-    settings = {"seeds": "42", "num_epochs": 2, "teacher_epochs": None, "train_args": "",
-                "kd_scale": 2.0, "kd_sampling_scale": 0.5, "kd_temperature": 1.0,
-                "kd_prune_range": 5, "kd_sample_temperature": 1.0}  # fmt: skip
-    (base / "settings.json").write_text(json.dumps(settings))
+    base = _base_root(tmp_path, num_epochs=2, kd_scale=2.0)
     beam4 = {1.0: 45.0, 2.0: 44.0, 4.0: 43.0}  # the best is 4
     tune_root = tmp_path / "tune"
     linked = tune_root / "pkd" / "lambda2.0-rho0.5-tau1.0-R5-stau1.0" / "pkd" / "seed-42"
     linked.mkdir(parents=True)
     stale = {"wer": 40.0, "ins": 1, "del": 2, "sub": 3, "ref_words": 100}  # beam 8, base root
     (linked / "result.json").write_text(json.dumps({"wer": {"modified_beam_search": {"dev": stale}}}))
-    beams = []
 
-    def fake_run(cmd, cwd, env, stdout, stderr):
-        flag = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--")}
-        beams.append(flag.get("--beam-size"))
-        run = Path(flag["--exp-root"]) / "pkd" / "seed-42"
-        run.mkdir(parents=True, exist_ok=True)
+    def dev_of(flag):
         dev = {"wer": beam4[float(flag["--kd-scale"])], "ins": 1, "del": 2, "sub": 3,
                "ref_words": 100}  # fmt: skip
-        (run / "result.json").write_text(json.dumps({"wer": {"modified_beam_search": {"dev": dev}}}))
+        return "pkd", dev
 
-        class Done:
-            returncode = 0
-
-        return Done()
-
+    commands = []
+    fake_run = _fake_run_table(dev_of, commands)
     monkeypatch.setattr(tune_kd.subprocess, "run", fake_run)
     argv = ["tune_kd.py", "--base-root", str(base), "--tune-root", str(tune_root),
             "--rows", "pkd", "--lambda-grid", "1,2,4", "--max-widen", "0"]  # fmt: skip
     monkeypatch.setattr("sys.argv", argv)
     tune_kd.main()
+    beams = [c[c.index("--beam-size") + 1] for c in commands]
     assert beams == [str(tune_kd.TUNE_BEAM_SIZE)] * 3
     record = json.loads((tune_root / "lambdas.json").read_text())
     assert record["dev_wer"]["pkd"] == {"1": 45.0, "2": 44.0, "4": 43.0}
