@@ -356,7 +356,7 @@ def load_model_weights(model: nn.Module, params: AttributeDict) -> None:
     load_state_dict_strict(model, sd, strict=True, what=f"averaged checkpoints ({averaging_suffix(params)})")
 
 
-def _input_order(batch: Dict[str, Any]) -> Tuple[torch.Tensor, List[str], List[str]]:
+def input_order(batch: Dict[str, Any]) -> Tuple[torch.Tensor, List[str], List[str]]:
     """Feature lengths, reference texts and cut ids in the row order of ``batch['inputs']``."""
     sup = batch["supervisions"]
     n = batch["inputs"].size(0)
@@ -389,7 +389,7 @@ def decode_one_batch(
 
     device = next(model.parameters()).device
     x = batch["inputs"].to(device)
-    x_lens, refs, ids = _input_order(batch)
+    x_lens, refs, ids = input_order(batch)
     encoder_out, encoder_out_lens = model.forward_encoder(x, x_lens.to(device))
     if params.decoding_method == "greedy_search":
         hyp_tokens = greedy_search_batch(

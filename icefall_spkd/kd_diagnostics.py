@@ -71,9 +71,10 @@ def sample_window_overlap(
     seqs += [list(drawn[b][n]) for n in range(num_samples) for b in range(B)]
     utt = torch.arange(B, device=device).repeat(num_samples + 1)
     y, y_lens = pad_token_ids(seqs, pad_id=model.blank_id, device=device)
-    rows = SequenceRows.decode(
-        model, model, encoder_out[utt], encoder_out[utt], encoder_out_lens[utt], y, y_lens
-    )
+    # one model plays teacher and student: its encoder and decoder outputs serve both
+    enc = encoder_out.index_select(0, utt)
+    dec = model.run_decoder(y)
+    rows = SequenceRows(enc, enc, encoder_out_lens.index_select(0, utt), y, y_lens, dec, dec)
     opts = KDOptions(kd_loss="pkd", kd_prune_range=prune_range, kd_ranges="teacher")
     ranges = _kd_window(model, model, rows, opts)
     live = window_mask(ranges, rows.boundary)

@@ -32,12 +32,12 @@ from tqdm import tqdm
 
 from icefall_spkd.data import DECODING_SETS, AsrDataModule
 from icefall_spkd.decoding import (
-    _input_order,
     add_averaging_arguments,
     add_tokens_argument,
     build_decoding_model,
     decoding_plan,
     explicit_model_flags,
+    input_order,
     load_model_weights,
     load_vocabulary,
 )
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         cuts = data.decoding_cuts(args.test_set)
     for batch in tqdm(data.test_dataloaders(cuts), unit="batch"):
-        x_lens, texts, _ = _input_order(batch)
+        x_lens, texts, _ = input_order(batch)
         with torch.no_grad():
             enc, enc_lens = model.forward_encoder(batch["inputs"], x_lens)
         refs = [sp.encode(t) for t in texts]
