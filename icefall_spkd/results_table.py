@@ -14,8 +14,8 @@ what is worth testing on its own:
   split, relative WER reduction versus the baseline student, the share of
   the teacher-student gap closed and the training time;
 - :func:`bootstrap_comparisons` and :func:`render_bootstrap`: paired
-  bootstrap intervals of the WER difference of each SP-KD row against each
-  PKD row (:mod:`icefall_spkd.bootstrap`);
+  bootstrap intervals of the WER difference of each SP-KD row (or any rows)
+  against each PKD row (or any others; :mod:`icefall_spkd.bootstrap`);
 - :func:`plot_chart`: the same numbers as a PNG bar chart.
 """
 
@@ -412,16 +412,22 @@ def bootstrap_comparisons(
     num_resamples: int = 10000,
     confidence: float = 0.95,
     seed: int = 0,
+    rows: Optional[Sequence[str]] = None,
+    against: Sequence[str] = PKD_ROWS,
 ) -> List[Dict[str, Any]]:
-    """Paired bootstrap of every SP-KD row against every PKD row (:data:`PKD_ROWS`).
+    """Paired bootstrap of every SP-KD row (or of ``rows``) against every PKD row
+    (or every row of ``against``).
 
     Args:
       utt_errors: row -> seed -> cut id -> ``(word errors, reference words)``
         on one test set (:func:`icefall_spkd.wer.utterance_errors`).
       row_order: rows in table order; SP-KD rows are those with a sampler.
       num_resamples, confidence, seed: of :func:`icefall_spkd.bootstrap.paired_bootstrap`.
+      rows: the rows compared (default: the SP-KD rows), in ``row_order``'s order.
+      against: the rows each is compared with (default :data:`PKD_ROWS`); a
+        row is never compared with itself.
     Returns:
-      one dict per (SP-KD row, PKD row) pair present: ``{"a", "b", "seeds",
+      one dict per (row, against-row) pair present: ``{"a", "b", "seeds",
       "result"}``. The runs of the seeds both rows have are paired seed by
       seed and pooled by resampling utterances (see :mod:`icefall_spkd.bootstrap`);
       ``result`` is None when they share no seed.
@@ -430,10 +436,12 @@ def bootstrap_comparisons(
 
     out: List[Dict[str, Any]] = []
     for a in row_order:
-        if a not in utt_errors or a not in TABLE_ROWS or not TABLE_ROWS[a].uses_sampler:
+        if a not in utt_errors or a not in TABLE_ROWS:
             continue
-        for b in PKD_ROWS:
-            if b not in utt_errors:
+        if (a not in rows) if rows is not None else not TABLE_ROWS[a].uses_sampler:
+            continue
+        for b in against:
+            if b not in utt_errors or b == a:
                 continue
             seeds = sorted(set(utt_errors[a]) & set(utt_errors[b]))
             result = None
@@ -447,18 +455,19 @@ def bootstrap_comparisons(
 
 
 def render_bootstrap(comparisons: Sequence[Dict[str, Any]], test_set: str) -> str:
-    """Markdown table of :func:`bootstrap_comparisons` (difference = SP-KD minus PKD, WER %)."""
+    """Markdown table of :func:`bootstrap_comparisons` (difference = row minus the row
+    it is compared with, WER %)."""
     if not comparisons:
         return ""
     conf = next((c["result"].confidence for c in comparisons if c["result"]), 0.95)
     head = [
-        "SP-KD row",
+        "row",
         "against",
         "seeds (paired)",
         "utterances",
-        f"WER difference {test_set} (SP-KD − PKD)",
+        f"WER difference {test_set} (row − against)",
         f"{100 * conf:g} % interval",
-        "resamples with SP-KD better (%)",
+        "resamples with the row better (%)",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in comparisons:

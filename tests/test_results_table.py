@@ -175,3 +175,22 @@ def test_bootstrap_comparisons_pair_the_common_seeds():
     lines = text.splitlines()
     assert "| SP-KD (teacher sampler, N=2) | PKD | 42, 43 | 4 | -5.00 |" in lines[2]
     assert "none in common" in lines[3]
+
+
+def test_bootstrap_comparisons_any_rows_against_any_rows():
+    # full-lattice KD makes one error more than PKD at equal weight on u2 (seed 42 only)
+    ref = {"u1": (1, 4), "u2": (0, 4)}
+    worse = {"u1": (1, 4), "u2": (1, 4)}
+    utt = {"pkd-eq": {42: ref}, "full-kd": {42: worse}, "spkd-n2": {42: ref}, "pkd": {42: ref}}
+    # by default only the SP-KD rows are compared, with the PKD rows
+    default = bootstrap_comparisons(utt, list(TABLE_ROWS), num_resamples=500)
+    assert [(c["a"], c["b"]) for c in default] == [("spkd-n2", "pkd"), ("spkd-n2", "pkd-eq")]
+    comps = bootstrap_comparisons(
+        utt, list(TABLE_ROWS), num_resamples=500, rows=["full-kd", "spkd-n2"], against=["spkd-n2"]
+    )
+    # table order; a row is not compared with itself
+    assert [(c["a"], c["b"]) for c in comps] == [("full-kd", "spkd-n2")]
+    assert comps[0]["result"].difference == pytest.approx(100.0 / 8)
+    assert "| full-lattice KD | SP-KD (teacher sampler, N=2) | 42 | 2 | +12.50 |" in render_bootstrap(
+        comps, "dev"
+    )

@@ -367,6 +367,15 @@ def test_fair_table_from_fake_runs(run_table, monkeypatch, tmp_path):
     boot = [ln for ln in lines if ln.startswith("| SP-KD (teacher sampler, N=2) | PKD")]
     assert "| 42, 43, 44 | 20 | -10.00 |" in boot[0]
     assert "| 42, 43, 44 | 20 | +0.00 | [+0.00, +0.00] |" in boot[1]
+    # any rows against any others, rendered again from the finished runs
+    argv += ["--bootstrap-rows", "pkd", "--bootstrap-against", "baseline",
+             "--results", str(tmp_path / "AGAINST_BASELINE.md")]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    run_table.main()
+    boot = [ln for ln in (tmp_path / "AGAINST_BASELINE.md").read_text().splitlines()
+            if " | 42, 43, 44 | 20 | " in ln]  # fmt: skip
+    # PKD 20 % against the baseline's 30, 40, 50 %: -20 points, the only comparison
+    assert len(boot) == 1 and boot[0].startswith("| PKD | student baseline | 42, 43, 44 | 20 | -20.00 |")
 
 
 def test_lm_method_decodes_with_the_lm_and_keeps_both_results(run_table, monkeypatch, tmp_path):

@@ -52,7 +52,8 @@ test-clean, relative WER reduction against the baseline, share of the
 teacher-student gap closed, training time; mean ± sample std over seeds.
 Below each table, a paired bootstrap over the ``--bootstrap-set`` utterances
 (default test-clean) gives the interval of the WER difference of every SP-KD
-row against each PKD row; seeds both rows have are paired and pooled by
+row (or of the ``--bootstrap-rows``) against each PKD row (or each of the
+``--bootstrap-against``); seeds both rows have are paired and pooled by
 resampling utterances (``icefall_spkd/bootstrap.py``).
 """
 
@@ -150,6 +151,12 @@ def get_parser() -> argparse.ArgumentParser:
         "batch (augmented) or the clean features (clean)",
     )
     p.add_argument("--bootstrap-set", default="test-clean", help="test set of the paired bootstrap")
+    p.add_argument(
+        "--bootstrap-rows", default="", help="rows compared in the bootstrap (default: the SP-KD rows)"
+    )
+    p.add_argument(
+        "--bootstrap-against", default=",".join(PKD_ROWS), help="rows they are compared with"
+    )
     p.add_argument("--bootstrap-resamples", type=int, default=10000)
     p.add_argument("--bootstrap-seed", type=int, default=0)
     p.add_argument(
@@ -384,18 +391,20 @@ def bootstrap_section(
     order: List[str],
     method: str,
 ) -> str:
-    """The paired-bootstrap table of SP-KD rows against PKD rows for one decoding method.
+    """The paired-bootstrap table of the SP-KD rows (or ``--bootstrap-rows``) against the
+    PKD rows (or ``--bootstrap-against``) for one decoding method.
 
     Per-utterance errors come from each run's ``recogs-<set>-<suffix>.txt``; a run
     without that file (or a table without the set) is left out, with a note.
     """
     test_set = args.bootstrap_set
-    wanted = [
-        k for k in order if k in results and (k in PKD_ROWS or TABLE_ROWS[k].uses_sampler)
+    rows = [r for r in args.bootstrap_rows.split(",") if r] or None
+    against = [r for r in args.bootstrap_against.split(",") if r]
+    compared = [k for k in order if k in rows] if rows else [
+        k for k in order if TABLE_ROWS[k].uses_sampler
     ]
-    if not any(TABLE_ROWS[k].uses_sampler for k in wanted) or not any(
-        k in PKD_ROWS for k in wanted
-    ):
+    wanted = [k for k in order if k in results and (k in compared or k in against)]
+    if not any(k in compared for k in wanted) or not any(k in against for k in wanted):
         return ""
     utt: Dict[str, Dict[int, Dict[str, tuple]]] = {}
     missing = []
@@ -413,7 +422,7 @@ def bootstrap_section(
             except ValueError as err:
                 raise SystemExit(f"{f}: {err}") from err
     comps = bootstrap_comparisons(
-        utt, order, args.bootstrap_resamples, 0.95, args.bootstrap_seed
+        utt, order, args.bootstrap_resamples, 0.95, args.bootstrap_seed, rows, against
     )
     text = (
         f"Paired bootstrap over the {test_set} utterances ({args.bootstrap_resamples} "
@@ -431,7 +440,8 @@ def main() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     args.row_kd_scale = resolve_row_scales(args)
     rows = [r for r in args.rows.split(",") if r]
-    unknown = [r for r in rows if r not in TABLE_ROWS]
+    named = rows + (args.bootstrap_rows + "," + args.bootstrap_against).split(",")
+    unknown = [r for r in named if r and r not in TABLE_ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; choose from {list(TABLE_ROWS)}")
     test_sets = [s for s in args.test_sets.split(",") if s]
