@@ -406,6 +406,14 @@ def render_markdown(
     return "\n".join(lines) + "\n"
 
 
+def compared_rows(row_order: Sequence[str], rows: Optional[Sequence[str]] = None) -> List[str]:
+    """The rows a bootstrap compares, in ``row_order``'s order: ``rows``, or by
+    default the SP-KD rows (those with a sampler)."""
+    if rows is not None:
+        return [k for k in row_order if k in rows]
+    return [k for k in row_order if k in TABLE_ROWS and TABLE_ROWS[k].uses_sampler]
+
+
 def bootstrap_comparisons(
     utt_errors: Dict[str, Dict[int, Dict[str, Tuple[int, int]]]],
     row_order: Sequence[str],
@@ -435,10 +443,8 @@ def bootstrap_comparisons(
     from icefall_spkd.bootstrap import paired_arrays, paired_bootstrap
 
     out: List[Dict[str, Any]] = []
-    for a in row_order:
+    for a in compared_rows(row_order, rows):
         if a not in utt_errors or a not in TABLE_ROWS:
-            continue
-        if (a not in rows) if rows is not None else not TABLE_ROWS[a].uses_sampler:
             continue
         for b in against:
             if b not in utt_errors or b == a:

@@ -79,6 +79,7 @@ from icefall_spkd.results_table import (
     PKD_ROWS,
     TABLE_ROWS,
     bootstrap_comparisons,
+    compared_rows,
     load_results,
     parse_errs_file,
     plot_chart,
@@ -400,9 +401,7 @@ def bootstrap_section(
     test_set = args.bootstrap_set
     rows = [r for r in args.bootstrap_rows.split(",") if r] or None
     against = [r for r in args.bootstrap_against.split(",") if r]
-    compared = [k for k in order if k in rows] if rows else [
-        k for k in order if TABLE_ROWS[k].uses_sampler
-    ]
+    compared = compared_rows(order, rows)
     wanted = [k for k in order if k in results and (k in compared or k in against)]
     if not any(k in compared for k in wanted) or not any(k in against for k in wanted):
         return ""
@@ -440,7 +439,7 @@ def main() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     args.row_kd_scale = resolve_row_scales(args)
     rows = [r for r in args.rows.split(",") if r]
-    named = rows + (args.bootstrap_rows + "," + args.bootstrap_against).split(",")
+    named = rows + args.bootstrap_rows.split(",") + args.bootstrap_against.split(",")
     unknown = [r for r in named if r and r not in TABLE_ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; choose from {list(TABLE_ROWS)}")
