@@ -22,7 +22,13 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from .wer import EPS, Result, align_words
 
-__all__ = ["FrequencyBucket", "errors_by_train_count", "parse_bucket_edges", "word_counts"]
+__all__ = [
+    "FrequencyBucket",
+    "errors_by_train_count",
+    "non_word_hypotheses",
+    "parse_bucket_edges",
+    "word_counts",
+]
 
 
 @dataclass(frozen=True)
@@ -90,3 +96,21 @@ def errors_by_train_count(
             errors[k] += r != h
     buckets = [FrequencyBucket(lo, hi, n, e) for lo, hi, n, e in zip(lows, highs, words, errors)]
     return buckets, insertions
+
+
+def non_word_hypotheses(
+    results: Sequence[Result], train_counts: Mapping[str, int]
+) -> tuple[int, int, int]:
+    """How many hypothesis words are not words of the training transcripts.
+
+    On a closed-vocabulary task such a word is a misspelling or a word cut in
+    two ("COME FUSION" for "CONFUSION"), an error a lexicon-constrained search
+    cannot make. Returns ``(non-words, hypothesis words, reference words)``
+    over all utterances.
+    """
+    non_words = hyp_words = ref_words = 0
+    for _cut, ref, hyp in results:
+        ref_words += len(ref)
+        hyp_words += len(hyp)
+        non_words += sum(1 for w in hyp if train_counts.get(w, 0) == 0)
+    return non_words, hyp_words, ref_words

@@ -8,7 +8,12 @@ import pytest
 from recipe_scripts import load_recipe_script
 
 from icefall_spkd.wer import compute_wer, write_recogs
-from icefall_spkd.word_frequency import errors_by_train_count, parse_bucket_edges, word_counts
+from icefall_spkd.word_frequency import (
+    errors_by_train_count,
+    non_word_hypotheses,
+    parse_bucket_edges,
+    word_counts,
+)
 
 
 def test_hand_counted_example():
@@ -25,6 +30,9 @@ def test_hand_counted_example():
     ]
     assert insertions == 1
     assert buckets[0].error_rate == pytest.approx(50.0)
+    # hypothesis words never seen in training: X and D in u1 (C is a reference
+    # word, but training never saw it either)
+    assert non_word_hypotheses(results, counts) == (3, 5, 5)
 
 
 def test_buckets_add_up_to_the_wer():
@@ -63,5 +71,6 @@ def test_script_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| 1-2 | 20.0 % (1) | 100.0 % (1) |" in out
     assert "insertions: 1; WER 60.00 % over 5 reference words" in out
+    assert "not in the training transcripts: 3 of 5 (60.0 %; 60.0 per 100 reference words)" in out
     with pytest.raises(SystemExit, match="no such file"):
         script.main(["--train-text", str(tmp_path / "missing.txt"), "--recogs", str(recogs)])

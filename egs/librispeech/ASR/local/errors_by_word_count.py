@@ -11,7 +11,9 @@ Usage (from egs/librispeech/ASR)::
 writes it as ``data/lang_bpe_<N>/transcript_words.txt``. For each
 ``--recogs`` file (as decode.py writes them) it prints a Markdown table: per
 bucket of training counts, the share of the reference words in it and the
-share of those deleted or substituted, and the insertions apart. If the
+share of those deleted or substituted, and the insertions apart; then how
+many hypothesis words are not words of the training transcripts at all
+(misspellings, on a closed-vocabulary task). If the
 errors gather in the rare-word buckets, the model is short of training text
 rather than of training time (icefall_spkd/word_frequency.py).
 """
@@ -24,7 +26,12 @@ from pathlib import Path
 from typing import List, Optional
 
 from icefall_spkd.wer import read_recogs_or_exit
-from icefall_spkd.word_frequency import errors_by_train_count, parse_bucket_edges, word_counts
+from icefall_spkd.word_frequency import (
+    errors_by_train_count,
+    non_word_hypotheses,
+    parse_bucket_edges,
+    word_counts,
+)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -41,7 +48,7 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def format_table(recogs: Path, buckets, insertions: int) -> str:
+def format_table(recogs: Path, buckets, insertions: int, non_words: tuple[int, int, int]) -> str:
     total = sum(b.words for b in buckets)
     lines = [
         f"{recogs}",
@@ -56,6 +63,12 @@ def format_table(recogs: Path, buckets, insertions: int) -> str:
     wer = 100.0 * errors / total if total else 0.0
     lines.append("")
     lines.append(f"insertions: {insertions}; WER {wer:.2f} % over {total} reference words")
+    bad, hyp, ref = non_words
+    lines.append(
+        f"hypothesis words not in the training transcripts: {bad} of {hyp} "
+        f"({100.0 * bad / hyp if hyp else 0.0:.1f} %; {100.0 * bad / ref if ref else 0.0:.1f} "
+        "per 100 reference words)"
+    )
     return "\n".join(lines)
 
 
@@ -72,7 +85,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for path in args.recogs:
         results = read_recogs_or_exit(path)
         buckets, insertions = errors_by_train_count(results, counts, edges)
-        print(format_table(path, buckets, insertions) + "\n")
+        non_words = non_word_hypotheses(results, counts)
+        print(format_table(path, buckets, insertions, non_words) + "\n")
     return 0
 
 
