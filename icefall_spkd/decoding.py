@@ -356,6 +356,32 @@ def load_model_weights(model: nn.Module, params: AttributeDict) -> None:
     load_state_dict_strict(model, sd, strict=True, what=f"averaged checkpoints ({averaging_suffix(params)})")
 
 
+def analysis_params(args: argparse.Namespace, exp_dir: Any) -> Tuple[AttributeDict, str]:
+    """Params of a script that loads a run's averaged model without decoding
+    (``local/kd_sample_overlap.py``, ``local/internal_lm_ppl.py``), and the
+    averaging suffix (``epoch-2-avg-1-use-averaged-model``) that names its files."""
+    from icefall_spkd.training import get_params
+
+    params = get_params()
+    params.update(vars(args))
+    params.exp_dir = Path(exp_dir)
+    params.update(test_sets=[], decoding_method="greedy_search", max_sym_per_frame=1)
+    _, suffix, _ = decoding_plan(params, ())
+    return params, suffix
+
+
+def load_analysis_model(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, params: AttributeDict
+) -> Tuple[Any, nn.Module]:
+    """The vocabulary and the averaged model (eval mode) that ``params`` (from
+    :func:`analysis_params`) selects, built as decode.py builds it."""
+    sp = load_vocabulary(params)
+    model = build_decoding_model(params, explicit_model_flags(parser, args))
+    load_model_weights(model, params)
+    model.eval()
+    return sp, model
+
+
 def input_order(batch: Dict[str, Any]) -> Tuple[torch.Tensor, List[str], List[str]]:
     """Feature lengths, reference texts and cut ids in the row order of ``batch['inputs']``."""
     sup = batch["supervisions"]

@@ -30,15 +30,11 @@ from icefall_spkd.data import DECODING_SETS, AsrDataModule
 from icefall_spkd.decoding import (
     add_averaging_arguments,
     add_tokens_argument,
-    build_decoding_model,
-    decoding_plan,
-    explicit_model_flags,
-    load_model_weights,
-    load_vocabulary,
+    analysis_params,
+    load_analysis_model,
 )
 from icefall_spkd.internal_lm import internal_lm_log_probs, perplexity
 from icefall_spkd.models.presets import add_model_arguments
-from icefall_spkd.training import get_params
 from icefall_spkd.utils import cpu_threads, setup_logger
 
 
@@ -60,15 +56,8 @@ def get_parser() -> argparse.ArgumentParser:
 def score_dir(parser: argparse.ArgumentParser, args: argparse.Namespace, exp_dir: Path,
               texts: list[str]) -> dict:  # fmt: skip
     """Internal-LM perplexity of the model in ``exp_dir`` on ``texts``."""
-    params = get_params()
-    params.update(vars(args))
-    params.exp_dir = exp_dir
-    params.update(test_sets=[], decoding_method="greedy_search", max_sym_per_frame=1)
-    _, suffix, _ = decoding_plan(params, DECODING_SETS)
-    sp = load_vocabulary(params)
-    model = build_decoding_model(params, explicit_model_flags(parser, args))
-    load_model_weights(model, params)
-    model.eval()
+    params, suffix = analysis_params(args, exp_dir)
+    sp, model = load_analysis_model(parser, args, params)
     token_ids = [sp.encode(t) for t in texts]
     log_probs = []
     for start in range(0, len(token_ids), args.batch_size):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -34,16 +33,12 @@ from icefall_spkd.data import DECODING_SETS, AsrDataModule
 from icefall_spkd.decoding import (
     add_averaging_arguments,
     add_tokens_argument,
-    build_decoding_model,
-    decoding_plan,
-    explicit_model_flags,
+    analysis_params,
     input_order,
-    load_model_weights,
-    load_vocabulary,
+    load_analysis_model,
 )
 from icefall_spkd.kd_diagnostics import add_counts, sample_window_overlap, summarise
 from icefall_spkd.models.presets import add_model_arguments
-from icefall_spkd.training import get_params
 from icefall_spkd.utils import cpu_threads, setup_logger
 
 
@@ -73,20 +68,13 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = get_parser()
     args = parser.parse_args(argv)
-    params = get_params()
-    params.update(vars(args))
-    params.exp_dir = Path(params.exp_dir)
-    params.update(test_sets=[], decoding_method="greedy_search", max_sym_per_frame=1)
-    _, suffix, _ = decoding_plan(params, DECODING_SETS)
+    params, suffix = analysis_params(args, args.exp_dir)
     name = (
         f"kd-sample-overlap-{args.test_set}-{suffix}-n{args.num_samples}-r{args.kd_prune_range}"
         f"-t{args.kd_sample_temperature:g}"
     )
     setup_logger(params.exp_dir / "log" / f"log-{name}")
-    sp = load_vocabulary(params)
-    model = build_decoding_model(params, explicit_model_flags(parser, args))
-    load_model_weights(model, params)
-    model.eval()
+    sp, model = load_analysis_model(parser, args, params)
     generator = torch.Generator().manual_seed(args.seed)
     data = AsrDataModule(args)
     total: dict = {}
