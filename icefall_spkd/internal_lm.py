@@ -55,17 +55,10 @@ def internal_lm_log_probs(
     encoder_dim = model.joiner.encoder_proj.in_features
     zero_encoder = decoder_out.new_zeros(*decoder_out.shape[:2], encoder_dim)
     logits = model.joiner(zero_encoder, decoder_out)  # (N, U + 1, V)
-    vocab = logits.shape[-1]
-    keep = torch.tensor([v for v in range(vocab) if v != blank_id], dtype=torch.int64)
-    log_probs = logits.index_select(-1, keep).log_softmax(-1)  # over the real tokens
-    # Column of token v in the blank-free distribution.
-    column = torch.full((vocab,), -1, dtype=torch.int64)
-    column[keep] = torch.arange(len(keep))
-    out = []
-    for i, s in enumerate(token_ids):
-        cols = column[torch.as_tensor(list(s), dtype=torch.int64)]
-        out.append(log_probs[i, torch.arange(len(s)), cols].float())
-    return out
+    logits[..., blank_id] = float("-inf")  # renormalise over the real tokens
+    log_probs = logits.log_softmax(-1)[:, :-1]  # position u predicts y[u]
+    picked = log_probs.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # (N, U)
+    return [picked[i, :n].float() for i, n in enumerate(lens)]
 
 
 def perplexity(log_probs: Sequence[Tensor]) -> float:
