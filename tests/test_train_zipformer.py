@@ -17,7 +17,16 @@ from typing import Dict, List
 import numpy as np
 import pytest
 import torch
-from test_train import MODEL_ARGS, _batch_losses, _common_args, _data_args, _run, _train_args
+from test_train import (
+    MODEL_ARGS,
+    _batch_losses,
+    _common_args,
+    _data_args,
+    _run,
+    _train_args,
+    assert_same_losses,
+    assert_same_weights,
+)
 
 # A two-stack Zipformer small enough for milliseconds per CPU step.
 ZIP_ARGS = [
@@ -89,12 +98,11 @@ def test_zipformer_scaled_adam_exact_resume(corpus: Path, zip_trained: Path, tmp
     _run("train.py", _zip_train_args(corpus, resumed, "--use-ctc", "true", "--start-batch", "3"), cwd=corpus)
     losses_res = _batch_losses(resumed)
     assert min(losses_res) == 4
-    assert {b: losses_full[b] for b in losses_res} == losses_res
+    assert_same_losses(losses_full, losses_res)
     assert _batch_counts(resumed) == {b: counts_full[b] for b in losses_res}
     a = torch.load(full / "epoch-2.pt", weights_only=False)
     b = torch.load(resumed / "epoch-2.pt", weights_only=False)
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
+    assert_same_weights(a["model"], b["model"])
 
     # The clock reaches the model: the same run on icefall's --ref-duration 600
     # (batch count 0.01 per step) gives other losses from the first batch on.

@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.info("Decoding started")
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    logging.info(f"Device: {device}")
     sp = load_vocabulary(params)  # --bpe-model when given, else --tokens
     logging.info(params)
     params.lm = load_fusion_lm(params, sp)  # after logging params: the LM is large
