@@ -18,6 +18,9 @@
 set -eou pipefail
 
 train_hours=3.0
+vocab_words=2000   # the closed task's vocabulary (prepare.sh --vocab-words)
+dev_utts=200
+test_utts=200
 num_epochs=3
 teacher_epochs=5
 teacher_preset=small
@@ -61,7 +64,8 @@ cd "$recipe_dir"
 python=${PYTHON:-$recipe_dir/../../../.venv/bin/python}
 
 start=$(date +%s)
-./prepare.sh --corpus synthetic --train-hours "$train_hours" --vocab-sizes "$vocab_size"
+./prepare.sh --corpus synthetic --train-hours "$train_hours" --vocab-sizes "$vocab_size" \
+  --vocab-words "$vocab_words" --dev-utts "$dev_utts" --test-utts "$test_utts"
 "$python" local/run_table.py \
   --rows "$rows" \
   --exp-root "$exp_root" \
