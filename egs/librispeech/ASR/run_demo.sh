@@ -87,10 +87,14 @@ start=$(date +%s)
   --title "make demo: reduced SP-KD table on the synthetic corpus"
 # Ship the SP-KD student: ONNX (+ int8) as sherpa-onnx reads it, then one
 # test-clean utterance transcribed by sherpa-onnx itself.
-student_dir=$exp_root/spkd-n2/seed-42
-"$python" spkd_transducer/export-onnx.py --exp-dir "$student_dir" --epoch "$num_epochs" --avg 1 \
-  --use-averaged-model false --tokens "data/lang_bpe_${vocab_size}/tokens.txt" \
-  --output-dir "$student_dir/onnx"
-"$python" spkd_transducer/sherpa_onnx_decode.py --onnx-dir "$student_dir/onnx" \
-  --cuts data/fbank/librispeech_cuts_test-clean.jsonl.gz --num-utts 1
+if [[ ",$rows," == *",spkd-n2,"* ]]; then
+  student_dir=$exp_root/spkd-n2/seed-42
+  "$python" spkd_transducer/export-onnx.py --exp-dir "$student_dir" --epoch "$num_epochs" --avg 1 \
+    --use-averaged-model false --tokens "data/lang_bpe_${vocab_size}/tokens.txt" \
+    --output-dir "$student_dir/onnx"
+  "$python" spkd_transducer/sherpa_onnx_decode.py --onnx-dir "$student_dir/onnx" \
+    --cuts data/fbank/librispeech_cuts_test-clean.jsonl.gz --num-utts 1
+else
+  echo "no spkd-n2 row in --rows $rows: nothing to export"
+fi
 echo "make demo finished in $(( ($(date +%s) - start) / 60 )) min; table: $recipe_dir/$exp_root/RESULTS.md"
