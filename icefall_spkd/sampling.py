@@ -68,7 +68,7 @@ import torch
 from torch import Tensor
 
 from icefall_spkd.pruned_rnnt import mutual_information_recursion
-from icefall_spkd.search import advance_decoder, modified_beam_search
+from icefall_spkd.search import advance_decoder, modified_beam_search, run_decoder
 
 __all__ = [
     "node_occupancy",
@@ -320,6 +320,7 @@ def sample_sequences(
     num_samples: int,
     temperature: float = 1.0,
     generator: Optional[torch.Generator] = None,
+    sync_free: Optional[bool] = None,
 ) -> List[List[List[int]]]:
     """Ancestral sampling of label sequences with at most one symbol per frame.
 
@@ -342,6 +343,15 @@ def sample_sequences(
       num_samples: sequences per utterance.
       temperature: ``> 0`` (greedy search is :func:`icefall_spkd.search.greedy_search_batch`).
       generator: optional ``torch.Generator`` (any device).
+      sync_free: how a frame's emissions reach the decoder. False: find the
+        hypotheses that emitted (``nonzero``, which makes the host wait for
+        the device) and run the decoder on those alone. True: run it on every
+        hypothesis and keep the result where one emitted (``torch.where``),
+        so the frame loop never waits; on a GPU the waits, not the
+        arithmetic, bound the indexed loop (RESULTS.md, "The GPU code
+        paths"). Default: True on CUDA, False elsewhere. Both give the same
+        sequences (up to the rounding of a different batch size in the
+        decoder).
     Returns:
       ``out[b][n]``: the ``n``-th sampled token list (no blanks; may be empty).
     """
@@ -363,10 +373,19 @@ def sample_sequences(
     t_max = min(T, int(lens.max().item()) if N > 0 else 0)
     # One uniform per hypothesis and frame, drawn up front (a single RNG call).
     uniforms = _uniform((t_max, N, 1), device, torch.float32, generator)
+    if sync_free is None:
+        sync_free = device.type == "cuda"
     for t in range(t_max):
         logits = model.joiner(enc[:, t], dec, project_input=False).float()  # (N, V)
         k = _categorical_from_uniform(torch.softmax(logits / temperature, dim=-1), uniforms[t])
-        idx = ((k != blank_id) & (lens > t)).nonzero().squeeze(1)
+        emitted = (k != blank_id) & (lens > t)
+        if sync_free:
+            tokens[:, t] = torch.where(emitted, k, tokens[:, t])
+            advanced = torch.cat([context[:, 1:], k.unsqueeze(1)], dim=1)
+            context = torch.where(emitted.unsqueeze(1), advanced, context)
+            dec = torch.where(emitted.unsqueeze(1), run_decoder(model, advanced).to(dec.dtype), dec)
+            continue
+        idx = emitted.nonzero().squeeze(1)
         if idx.numel() > 0:
             tokens[idx, t] = k[idx]
             advance_decoder(model, context, dec, idx, k[idx])

@@ -164,7 +164,7 @@ class HypothesisList:
         return tokens in self._data
 
 
-def _run_decoder(model: nn.Module, contexts: torch.Tensor) -> torch.Tensor:
+def run_decoder(model: nn.Module, contexts: torch.Tensor) -> torch.Tensor:
     """Projected decoder output ``(N, joiner_dim)`` for contexts ``(N, context_size)``."""
     dec = model.decoder(contexts, need_pad=False)  # (N, 1, D)
     return model.joiner.decoder_proj(dec.squeeze(1))
@@ -181,7 +181,7 @@ def advance_decoder(
     """
     new_ctx = torch.cat([contexts[rows, 1:], tokens.unsqueeze(1)], dim=1)
     contexts[rows] = new_ctx
-    dec[rows] = _run_decoder(model, new_ctx).to(dec.dtype)
+    dec[rows] = run_decoder(model, new_ctx).to(dec.dtype)
 
 
 def _check_inputs(encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor) -> list[int]:
@@ -236,7 +236,7 @@ def greedy_search_batch(
     enc = model.joiner.encoder_proj(encoder_out.index_select(0, order_t))  # (N, T, J)
 
     contexts = torch.full((n, context_size), blank_id, dtype=torch.int64, device=device)
-    dec = _run_decoder(model, contexts)  # (N, J)
+    dec = run_decoder(model, contexts)  # (N, J)
     num_active = n
     for t in range(sorted_lens[0]):
         while num_active > 0 and sorted_lens[num_active - 1] <= t:
@@ -327,7 +327,7 @@ def _beam_search_one(
         ctx = tuple(Hypothesis(tokens, 0.0).context(context_size, blank_id))
         if ctx not in dec_cache:
             ctx_t = torch.tensor([ctx], dtype=torch.int64, device=device).reshape(1, context_size)
-            dec_cache[ctx] = _run_decoder(model, ctx_t)  # (1, J)
+            dec_cache[ctx] = run_decoder(model, ctx_t)  # (1, J)
         logits = model.joiner(enc[t : t + 1], dec_cache[ctx], project_input=False)  # (1, V)
         return logits[0].float().log_softmax(dim=-1)
 
@@ -454,7 +454,7 @@ def modified_beam_search(
         contexts = torch.tensor(
             [h.context(context_size, blank_id) for h in flat], dtype=torch.int64, device=device
         ).reshape(len(flat), context_size)
-        dec = _run_decoder(model, contexts)  # (H, J)
+        dec = run_decoder(model, contexts)  # (H, J)
         counts_t = torch.tensor(counts, device=device)
         active_t = torch.tensor(active, device=device)
         enc_t = enc[active_t, t].repeat_interleave(counts_t, dim=0)  # (H, J)

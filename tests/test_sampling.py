@@ -274,8 +274,9 @@ def exact_sequence_distribution(model, enc, T_b, temperature) -> Dict[Tuple[int,
     return dist
 
 
+@pytest.mark.parametrize("sync_free", [False, True], ids=["indexed", "sync-free"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_sample_sequences_match_exact_distribution(temperature):
+def test_sample_sequences_match_exact_distribution(temperature, sync_free):
     pytest.importorskip("icefall_spkd.models.decoder")
     model = TinyTransducer(seed=1, scale=1.5)
     B, T = 2, 4
@@ -283,7 +284,9 @@ def test_sample_sequences_match_exact_distribution(temperature):
     lens = torch.tensor([4, 2])
     M = 20000
     g = torch.Generator().manual_seed(99)
-    samples = sample_sequences(model, enc, lens, M, temperature=temperature, generator=g)
+    samples = sample_sequences(
+        model, enc, lens, M, temperature=temperature, generator=g, sync_free=sync_free
+    )
     assert len(samples) == B and all(len(s) == M for s in samples)
     for b in range(B):
         exact = exact_sequence_distribution(model, enc[b], int(lens[b]), temperature)
@@ -315,6 +318,23 @@ def test_sample_sequences_low_temperature_is_greedy():
         assert all(s == greedy[b] for s in samples[b]), (b, samples[b], greedy[b])
     with pytest.raises(ValueError, match="temperature must be > 0"):
         sample_sequences(model, enc, lens, 1, temperature=0.0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_sync_free_sampler_draws_the_same_sequences(temperature):
+    """The loop that never waits for the device (CUDA's default) and the indexed one
+    (the CPU's) turn the same uniforms into the same sequences, ragged lengths included."""
+    pytest.importorskip("icefall_spkd.models.decoder")
+    model = TinyTransducer(vocab_size=7, context_size=2, seed=5, scale=2.0)
+    enc = torch.randn(4, 30, 4, generator=torch.Generator().manual_seed(6)) * 2
+    lens = torch.tensor([30, 17, 1, 0])
+    out = {
+        sf: sample_sequences(model, enc, lens, 6, temperature, torch.Generator().manual_seed(7), sync_free=sf)
+        for sf in (False, True)
+    }
+    assert out[True] == out[False]
+    assert sum(len(s) for u in out[False] for s in u) > 30  # tokens were emitted
+    assert len({tuple(s) for s in out[False][0]}) > 1  # and the samples differ
 
 
 def test_sample_sequences_allows_empty_and_zero_length():
