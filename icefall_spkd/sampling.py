@@ -380,15 +380,15 @@ def sample_sequences(
         k = _categorical_from_uniform(torch.softmax(logits / temperature, dim=-1), uniforms[t])
         emitted = (k != blank_id) & (lens > t)
         if sync_free:
-            tokens[:, t] = torch.where(emitted, k, tokens[:, t])
+            tokens[:, t] = torch.where(emitted, k, -1)
             advanced = torch.cat([context[:, 1:], k.unsqueeze(1)], dim=1)
             context = torch.where(emitted.unsqueeze(1), advanced, context)
             dec = torch.where(emitted.unsqueeze(1), run_decoder(model, advanced).to(dec.dtype), dec)
-            continue
-        idx = emitted.nonzero().squeeze(1)
-        if idx.numel() > 0:
-            tokens[idx, t] = k[idx]
-            advance_decoder(model, context, dec, idx, k[idx])
+        else:
+            idx = emitted.nonzero().squeeze(1)
+            if idx.numel() > 0:
+                tokens[idx, t] = k[idx]
+                advance_decoder(model, context, dec, idx, k[idx])
     rows = tokens.tolist()
     hyps = [[v for v in row if v >= 0] for row in rows]
     return [hyps[b * num_samples : (b + 1) * num_samples] for b in range(B)]
