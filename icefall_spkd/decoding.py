@@ -146,17 +146,37 @@ def _pieces(sp: Any) -> List[str]:
 def load_fusion_lm(params: AttributeDict, sp: Any = None) -> Optional[Any]:
     """The shallow-fusion LM of ``--lm-path``, checked against the vocabulary, or ``None``.
 
-    With ``--lm-lexicon FILE`` (whitespace-separated words, e.g. the training
-    transcripts) the LM is wrapped in a
-    :class:`icefall_spkd.lexicon.LexiconConstrainedLm` over those words; that
-    needs ``sp`` (the vocabulary of :func:`load_vocabulary`). Call after
+    ``--lm-path`` is a token n-gram (``local/train_token_lm.py``) or a word
+    n-gram (``local/train_word_lm.py``). A word n-gram is scored over the
+    word pieces by prefix look-ahead
+    (:class:`icefall_spkd.word_lm.WordPieceLookaheadLm`), which spells only
+    its own words, so ``--lm-lexicon`` is refused with it. With a token LM,
+    ``--lm-lexicon FILE`` (whitespace-separated words, e.g. the training
+    transcripts) wraps it in a
+    :class:`icefall_spkd.lexicon.LexiconConstrainedLm` over those words. Both
+    need ``sp`` (the vocabulary of :func:`load_vocabulary`). Call after
     :func:`load_vocabulary` (it needs ``params.vocab_size``).
     """
     if not params.get("lm_path") or params.get("lm_scale", 0.0) == 0.0:
         return None
-    from icefall_spkd.ngram_lm import TokenNgramLm
+    from icefall_spkd.word_lm import WordNgramLm, WordPieceLookaheadLm, load_ngram_lm
 
-    lm = TokenNgramLm.load(params.lm_path)
+    try:
+        lm = load_ngram_lm(params.lm_path)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(str(e)) from None
+    if isinstance(lm, WordNgramLm):
+        if params.get("lm_lexicon"):
+            raise SystemExit(
+                f"{params.lm_path} is a word LM: it spells only its own words; drop --lm-lexicon"
+            )
+        pieces = _pieces(sp)
+        if len(pieces) != params.vocab_size:
+            raise SystemExit(
+                f"{params.lm_path}: the vocabulary has {len(pieces)} pieces, "
+                f"the model {params.vocab_size}"
+            )
+        return WordPieceLookaheadLm(lm, pieces, blank_id=params.blank_id)
     if lm.vocab_size != params.vocab_size:
         raise SystemExit(
             f"{params.lm_path}: LM over {lm.vocab_size} tokens, the model has {params.vocab_size}; "
@@ -200,6 +220,11 @@ def decoding_plan(params: AttributeDict, known_sets: Sequence[str]) -> Tuple[Lis
             raise SystemExit(
                 f"--lm-path works with modified_beam_search only, not {params.decoding_method}"
             )
+        from icefall_spkd.word_lm import is_word_lm_file
+
+        if is_word_lm_file(params.lm_path):  # not to overwrite a token LM's results
+            suffix += "-word"
+            key += "_word"
         suffix += f"-lm-scale-{params.lm_scale}"
         key += f"_lm_scale_{params.lm_scale}"
         if params.get("lm_token_bonus", 0.0):

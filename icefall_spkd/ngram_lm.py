@@ -111,6 +111,10 @@ class TokenNgramLm:
         self._cache[history] = dist
         return dist
 
+    def distribution(self, history: History) -> np.ndarray:
+        """``P(. | history)`` over every slot (ids, then begin and end); cached, do not modify."""
+        return self._distribution(history)
+
     def log_probs(self, history: History) -> torch.Tensor:
         """``log P(w | history)`` for every token id ``w`` (shape ``(vocab_size,)``).
 

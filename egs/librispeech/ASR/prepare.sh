@@ -22,7 +22,9 @@
 #                 (dev-clean + dev-other) is for validation, and decode.py decodes
 #                 dev-clean and dev-other separately under icefall's names)
 #   6  LM         data/lm/token_<lm_order>gram_bpe_<N>.pt for each N: a token n-gram LM of the
-#                 training transcripts, for shallow fusion (decode.py --lm-path)
+#                 training transcripts, for shallow fusion (decode.py --lm-path), and
+#                 data/lm/word_<word_lm_order>gram.pt: a word n-gram LM of the same text
+#                 (closed vocabulary: it spells only the training words)
 # Every dropped or converted utterance is listed in data/manifests/filter_report_<part>.tsv.
 # BPE comes before features so that the token checks filter the cuts before any
 # features are computed for them.
@@ -48,11 +50,12 @@ dl_dir=download
 max_chars_per_sec=30
 full_read=true          # decode all audio in the checks (false: headers only)
 lm_order=8              # stage 6: n of the token n-gram LM
+word_lm_order=3         # stage 6: n of the word n-gram LM (0: none)
 
 help_message="Usage: $0 [--stage N] [--stop-stage N] [--nj N] [--corpus librispeech|synthetic]
   [--task closed|open] [--vocab-words N] [--train-degraded F] [--probe-splits true|false] [--espeak-seen-variants N] [--train-hours H] [--dev-utts N] [--test-utts N] [--seed S] [--vocab-sizes \"500 ...\"]
   [--speed-perturb true|false] [--full-libri true|false] [--dl-dir DIR]
-  [--max-chars-per-sec X] [--full-read true|false] [--lm-order N]"
+  [--max-chars-per-sec X] [--full-read true|false] [--lm-order N] [--word-lm-order N]"
 
 # Outputs (data/, download/) go under the current directory, normally
 # egs/librispeech/ASR; the local/ scripts are found next to this file.
@@ -193,6 +196,18 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
     $python "$recipe_dir"/local/train_token_lm.py --bpe-model "data/lang_bpe_${vocab_size}/bpe.model" \
       --text "data/lang_bpe_${vocab_size}/transcript_words.txt" --order "$lm_order" --lm-path "$lm_path"
   done
+  if [ "$word_lm_order" -gt 0 ]; then
+    # The words do not depend on the BPE model: any vocabulary's transcripts will do.
+    first_vocab=${vocab_sizes%% *}
+    text="data/lang_bpe_${first_vocab}/transcript_words.txt"
+    lm_path="data/lm/word_${word_lm_order}gram.pt"
+    if [ -f "$lm_path" ] && [ "$lm_path" -nt "$text" ]; then
+      log "$lm_path exists, skipping"
+    else
+      $python "$recipe_dir"/local/train_word_lm.py --text "$text" --order "$word_lm_order" \
+        --lm-path "$lm_path"
+    fi
+  fi
 fi
 
 log "Done (stages $stage..$stop_stage)."

@@ -17,8 +17,10 @@ Decoding methods: ``greedy_search`` (``--max-sym-per-frame``, default 1),
 ``beam_search`` (icefall's standard beam search, several symbols per frame)
 and ``modified_beam_search`` (one symbol per frame), both with ``--beam-size``.
 ``modified_beam_search`` also takes ``--lm-path`` (a token n-gram LM made by
-``local/train_token_lm.py``), ``--lm-scale`` and ``--lm-token-bonus`` for
-shallow fusion, and ``--lm-lexicon`` to spell only the words of a list;
+``local/train_token_lm.py``, or a word n-gram LM made by
+``local/train_word_lm.py``), ``--lm-scale`` and ``--lm-token-bonus`` for
+shallow fusion, and ``--lm-lexicon`` to make a token LM spell only the words
+of a list (a word LM spells only its own words);
 the result files then end in ``-lm-scale-<s>`` (and ``-token-bonus-<b>``,
 ``-lexicon``).
 ``--use-averaged-model`` is true by default (as in icefall): the model
@@ -88,7 +90,8 @@ def get_parser() -> argparse.ArgumentParser:
         "--lm-path",
         type=str,
         default=None,
-        help="Token n-gram LM (local/train_token_lm.py) for shallow fusion in modified_beam_search.",
+        help="Token or word n-gram LM (local/train_token_lm.py, local/train_word_lm.py) for "
+        "shallow fusion in modified_beam_search.",
     )
     g.add_argument(
         "--lm-scale", type=float, default=0.3, help="Weight of --lm-path's log-probabilities."
