@@ -155,12 +155,19 @@ def load_ngram_lm(path: Union[str, Path]) -> Union[TokenNgramLm, WordNgramLm]:
 
 @functools.lru_cache(maxsize=16)
 def _file_kind(path: str, mtime_ns: int) -> Optional[str]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # not a torch file: whoever loads it reports the error
+        return None
     return state.get("kind") if isinstance(state, dict) else None
 
 
 def is_word_lm_file(path: Union[str, Path]) -> bool:
-    """Whether ``path`` is a word LM of :meth:`WordNgramLm.save` (False if missing or other)."""
+    """Whether ``path`` is a word LM of :meth:`WordNgramLm.save`.
+
+    False for a missing or unreadable file and for anything else: the
+    loader (:func:`load_ngram_lm`) gives the error.
+    """
     path = Path(path)
     if not path.is_file():
         return False

@@ -30,6 +30,13 @@ def test_every_stage_ran(synthetic_prepared: Prepared) -> None:
 
     lm = TokenNgramLm.load(data / "lm" / "token_8gram_bpe_60.pt")
     assert (lm.order, lm.vocab_size) == (8, 60)
+    # and the word 3-gram, whose vocabulary is the training transcripts' words
+    from icefall_spkd.word_lm import WordNgramLm, load_ngram_lm
+
+    word_lm = load_ngram_lm(data / "lm" / "word_3gram.pt")
+    assert isinstance(word_lm, WordNgramLm) and word_lm.order == 3
+    train_words = set((data / "lang_bpe_60" / "transcript_words.txt").read_text().split())
+    assert set(word_lm.words) == train_words
 
 
 def test_cuts_match_supervisions_and_reports(synthetic_prepared: Prepared) -> None:
