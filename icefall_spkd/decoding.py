@@ -215,7 +215,10 @@ def decoding_plan(params: AttributeDict, known_sets: Sequence[str]) -> Tuple[Lis
         key = f"beam_size_{params.beam_size}"
     elif params.max_sym_per_frame > 1:
         suffix += f"-max-sym-per-frame-{params.max_sym_per_frame}"
-    if params.get("lm_path") and params.get("lm_scale", 0.0) != 0.0:
+    has_lm = bool(params.get("lm_path")) and params.get("lm_scale", 0.0) != 0.0
+    if params.get("ilm_scale", 0.0) and not has_lm:
+        raise SystemExit("--ilm-scale needs an external LM: give --lm-path and a non-zero --lm-scale")
+    if has_lm:
         if params.decoding_method != "modified_beam_search":
             raise SystemExit(
                 f"--lm-path works with modified_beam_search only, not {params.decoding_method}"
@@ -230,6 +233,9 @@ def decoding_plan(params: AttributeDict, known_sets: Sequence[str]) -> Tuple[Lis
         if params.get("lm_token_bonus", 0.0):
             suffix += f"-token-bonus-{params.lm_token_bonus}"
             key += f"_token_bonus_{params.lm_token_bonus}"
+        if params.get("ilm_scale", 0.0):
+            suffix += f"-ilm-scale-{params.ilm_scale}"
+            key += f"_ilm_scale_{params.ilm_scale}"
         if params.get("lm_lexicon"):
             suffix += "-lexicon"
             key += "_lexicon"
@@ -434,7 +440,8 @@ def decode_one_batch(
     ``sp``: anything with ``decode(ids) -> str`` (see :func:`load_vocabulary`).
     ``params.max_sym_per_frame`` (default 1) applies to greedy_search;
     ``params.lm`` (a token LM, see :func:`load_fusion_lm`), ``params.lm_scale``
-    and ``params.lm_token_bonus`` to modified_beam_search (shallow fusion).
+    ``params.lm_token_bonus`` and ``params.ilm_scale`` to modified_beam_search
+    (shallow fusion, with the internal LM subtracted at ``ilm_scale``).
     """
     from icefall_spkd.search import beam_search, greedy_search_batch, modified_beam_search
 
@@ -457,6 +464,7 @@ def decode_one_batch(
             lm=params.get("lm"),
             lm_scale=float(params.get("lm_scale", 0.0)),
             lm_token_bonus=float(params.get("lm_token_bonus", 0.0)),
+            ilm_scale=float(params.get("ilm_scale", 0.0)),
         )
     else:
         raise ValueError(

@@ -371,6 +371,7 @@ def modified_beam_search(
     lm: Optional[TokenLm] = None,
     lm_scale: float = 0.0,
     lm_token_bonus: float = 0.0,
+    ilm_scale: float = 0.0,
 ) -> list[list[int]] | list[list[tuple[list[int], float]]]:
     """Batched modified beam search, at most one symbol per frame.
 
@@ -403,6 +404,13 @@ def modified_beam_search(
         (a length bonus): the LM's per-token cost otherwise pushes the
         search to delete. The search then ranks
         ``log P(y | x) + lm_scale * log P_lm(y) + lm_token_bonus * len(y)``.
+      ilm_scale: with an LM, the weight of the transducer's own internal LM,
+        subtracted (internal-LM estimation, Meng et al. 2021): every
+        non-blank expansion by ``v`` also scores ``-ilm_scale * log
+        P_ilm(v | context)``, where ``P_ilm`` is the joiner on a zero
+        encoder output with blank removed and the rest renormalised (as
+        :func:`icefall_spkd.internal_lm.internal_lm_log_probs`). The search
+        then ranks the sum above minus ``ilm_scale * log P_ilm(y)``.
     Returns:
       Without ``return_nbest``: one token list (no blanks) per utterance.
       With ``return_nbest``: per utterance, a list of ``(tokens, log_prob)``
@@ -413,6 +421,8 @@ def modified_beam_search(
     assert beam >= 1, beam
     if lm_scale == 0.0:
         lm = None
+    if ilm_scale and lm is None:
+        raise ValueError("ilm_scale needs an external LM (lm= and lm_scale != 0)")
     lens = _check_inputs(encoder_out, encoder_out_lens)
     n = len(lens)
     device = encoder_out.device
@@ -467,6 +477,8 @@ def modified_beam_search(
             # Fused scores: the hypothesis's LM total plus the next token's, blank unscored.
             lm_next = lm_scale * torch.stack([lm.log_probs(lm.state(h.tokens)) for h in flat]).to(device)
             lm_next += lm_token_bonus
+            if ilm_scale:
+                lm_next -= ilm_scale * internal_lm_step(model, dec, blank_id)
             lm_next[:, blank_id] = 0.0
             lm_prev = torch.tensor([h.lm_score for h in flat], dtype=torch.float32, device=device)
             scores = scores + lm_prev.unsqueeze(1) + lm_next
@@ -514,6 +526,23 @@ def modified_beam_search(
     if return_nbest:
         return [[(list(h.tokens), h.log_prob) for h in hl] for hl in ranked]
     return [list(hl[0].tokens) for hl in ranked]
+
+
+def internal_lm_step(model: nn.Module, decoder_out: torch.Tensor, blank_id: int) -> torch.Tensor:
+    """Internal-LM log-probabilities of the next token after each decoder output.
+
+    ``decoder_out`` is ``(H, J)``, already projected (``run_decoder``'s
+    output). The joiner runs on the projection of a zero encoder output; the
+    result ``(H, V)`` is renormalised over the non-blank tokens, and its
+    blank column is 0.
+    """
+    proj = model.joiner.encoder_proj
+    zero_encoder = proj(decoder_out.new_zeros(1, proj.in_features)).expand_as(decoder_out)
+    logits = model.joiner(zero_encoder, decoder_out, project_input=False).float()
+    logits[:, blank_id] = -math.inf
+    out = logits.log_softmax(dim=-1)
+    out[:, blank_id] = 0.0
+    return out
 
 
 def _rank_with_lm(

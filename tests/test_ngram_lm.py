@@ -266,3 +266,44 @@ def test_search_with_lexicon_spells_only_listed_words() -> None:
     assert any(got), "degenerate: nothing emitted"
     for y in got:
         assert all(w in WORDS for w in words(y)), words(y)
+
+
+def _internal_lm_total(model, tokens: tuple[int, ...]) -> float:
+    """Sum of log P_ilm(y_u | context): the joiner on a zero encoder output, blank removed."""
+    blank, cs = model.decoder.blank_id, model.decoder.context_size
+    enc_dim = model.joiner.encoder_proj.in_features
+    total = 0.0
+    for u, v in enumerate(tokens):
+        ctx = ((blank,) * cs + tokens[:u])[u:]
+        dec = model.decoder(torch.tensor([ctx], dtype=torch.int64), need_pad=False)
+        logits = model.joiner(torch.zeros(1, 1, enc_dim), dec, project_input=True).reshape(-1).double()
+        logits[blank] = -math.inf
+        total += logits.log_softmax(-1)[v].item()
+    return total
+
+
+@pytest.mark.parametrize("ilm_scale", [0.5, 1.2])
+def test_ilm_subtraction_wide_beam_picks_the_enumerated_argmax(ilm_scale: float) -> None:
+    vocab_size, dim, scale, bonus = 4, 6, 0.8, 0.9
+    model = _make_model(vocab_size, dim, 2, seed=71)
+    with torch.no_grad():  # a joiner bias large enough that the internal LM is far from uniform
+        model.joiner.encoder_proj.bias.mul_(6.0)
+    lens_list = [4, 3, 4]
+    enc, lens = _padded_batch(lens_list, dim, seed=72)
+    lm = _TableBigram(vocab_size, seed=73)
+    kwargs = dict(beam=130, length_norm=False, lm=lm, lm_scale=scale, lm_token_bonus=bonus)
+    nbest = modified_beam_search(model, enc, lens, return_nbest=True, ilm_scale=ilm_scale, **kwargs)
+    without = modified_beam_search(model, enc, lens, **kwargs)
+    changed = 0
+    for b, n in enumerate(lens_list):
+        ref = _enumerate_sequences(model, enc[b, :n], vocab_size)
+
+        def fused(y: tuple[int, ...], ref: dict = ref) -> float:
+            return ref[y] + scale * lm.total(y) + bonus * len(y) - ilm_scale * _internal_lm_total(model, y)
+
+        order = sorted(ref, key=fused, reverse=True)
+        assert [tuple(y) for y, _ in nbest[b]] == order
+        changed += tuple(without[b]) != order[0]
+    assert changed > 0, "degenerate test: subtracting the internal LM never changed the pick"
+    with pytest.raises(ValueError, match="ilm_scale needs an external LM"):
+        modified_beam_search(model, enc, lens, beam=4, ilm_scale=0.5)

@@ -19,10 +19,11 @@ and ``modified_beam_search`` (one symbol per frame), both with ``--beam-size``.
 ``modified_beam_search`` also takes ``--lm-path`` (a token n-gram LM made by
 ``local/train_token_lm.py``, or a word n-gram LM made by
 ``local/train_word_lm.py``), ``--lm-scale`` and ``--lm-token-bonus`` for
-shallow fusion, and ``--lm-lexicon`` to make a token LM spell only the words
+shallow fusion (``--ilm-scale`` also subtracts the model's internal LM),
+and ``--lm-lexicon`` to make a token LM spell only the words
 of a list (a word LM spells only its own words);
 the result files then end in ``-lm-scale-<s>`` (and ``-token-bonus-<b>``,
-``-lexicon``).
+``-ilm-scale-<m>``, ``-lexicon``).
 ``--use-averaged-model`` is true by default (as in icefall): the model
 averaged over epochs ``epoch-avg`` (excluded) to ``epoch``.
 
@@ -101,6 +102,13 @@ def get_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="With --lm-path: reward per emitted token, against the LM's push to delete.",
+    )
+    g.add_argument(
+        "--ilm-scale",
+        type=float,
+        default=0.0,
+        help="With --lm-path: weight of the model's internal LM (zero-encoder estimate), "
+        "subtracted in the fusion (internal-LM estimation).",
     )
     g.add_argument(
         "--lm-lexicon",
