@@ -312,6 +312,7 @@ def _fake_pipeline(run_table, monkeypatch):
             if "--lm-path" in flag:
                 suffix += f"-lm-scale-{flag['--lm-scale']}"
                 suffix += f"-token-bonus-{flag['--lm-token-bonus']}" if float(flag["--lm-token-bonus"]) else ""
+                suffix += f"-ilm-scale-{flag['--ilm-scale']}" if "--ilm-scale" in flag else ""
                 suffix += "-lexicon" if "--lm-lexicon" in flag else ""
             sets = cmd[cmd.index("--test-sets") + 1 :]
             n_err = ROW_ERRORS[key] + (seed - 42 if key == "baseline" else 0)
@@ -396,7 +397,7 @@ def test_lm_method_decodes_with_the_lm_and_keeps_both_results(run_table, monkeyp
     argv = ["run_table.py", "--rows", "baseline", "--exp-root", str(tmp_path / "exp"),
             "--test-sets", "dev", "--decoding-methods", "modified_beam_search,modified_beam_search_lm",
             "--lm-scale", "0.5", "--lm-token-bonus", "1.0", "--lm-path", str(lm),
-            "--lm-lexicon", str(tmp_path / "words.txt"), "--beam-size", "8"]  # fmt: skip
+            "--lm-lexicon", str(tmp_path / "words.txt"), "--beam-size", "8", "--ilm-scale", "0.2"]  # fmt: skip
     monkeypatch.setattr("sys.argv", argv)
     with pytest.raises(SystemExit, match="needs --lm-path to an LM file"):
         run_table.main()
@@ -410,10 +411,10 @@ def test_lm_method_decodes_with_the_lm_and_keeps_both_results(run_table, monkeyp
     assert "--lm-path" not in plain
     assert _flag(fused, "--decoding-method") == "modified_beam_search"
     assert _flag(fused, "--lm-path") == str(lm) and _flag(fused, "--lm-scale") == "0.5"
-    assert _flag(fused, "--lm-token-bonus") == "1.0"
+    assert _flag(fused, "--lm-token-bonus") == "1.0" and _flag(fused, "--ilm-scale") == "0.2"
     assert _flag(fused, "--lm-lexicon") == str(tmp_path / "words.txt")
     d = tmp_path / "exp/baseline/seed-42/modified_beam_search"
-    name = "errs-dev-epoch-6-avg-2-use-averaged-model-beam-size-8-lm-scale-0.5-token-bonus-1.0-lexicon.txt"
+    name = "errs-dev-epoch-6-avg-2-use-averaged-model-beam-size-8-lm-scale-0.5-token-bonus-1.0-ilm-scale-0.2-lexicon.txt"
     assert (d / name).exists()
     d = d.parent
     wer = json.loads((d / "result.json").read_text())["wer"]

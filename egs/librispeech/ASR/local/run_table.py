@@ -169,11 +169,15 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lm-path",
         default=None,
-        help="token n-gram LM (local/train_token_lm.py) of modified_beam_search_lm",
+        help="token or word n-gram LM (local/train_token_lm.py, local/train_word_lm.py) of "
+        "modified_beam_search_lm",
     )
     p.add_argument("--lm-scale", type=float, default=0.3, help="its weight")
     p.add_argument(
         "--lm-token-bonus", type=float, default=0.0, help="decode.py --lm-token-bonus with the LM"
+    )
+    p.add_argument(
+        "--ilm-scale", type=float, default=0.0, help="decode.py --ilm-scale with the LM"
     )
     p.add_argument("--lm-lexicon", default=None, help="decode.py --lm-lexicon with the LM")
     p.add_argument("--beam-size", type=int, default=4, help="of the beam searches")
@@ -316,6 +320,7 @@ def decode_suffix(args, key: str, method: str) -> str:
         params.update(
             lm_path=args.lm_path, lm_scale=args.lm_scale,
             lm_token_bonus=args.lm_token_bonus, lm_lexicon=args.lm_lexicon,
+            ilm_scale=args.ilm_scale,
         )  # fmt: skip
     return decoding_plan(params, ())[1]
 
@@ -345,6 +350,8 @@ def decode(args, key: str, exp_dir: Path, method: str, test_sets: List[str]) -> 
         if method == LM_METHOD:
             cmd += ["--lm-path", str(args.lm_path), "--lm-scale", str(args.lm_scale)]
             cmd += ["--lm-token-bonus", str(args.lm_token_bonus)]
+            if args.ilm_scale:
+                cmd += ["--ilm-scale", str(args.ilm_scale)]
             if args.lm_lexicon:
                 cmd += ["--lm-lexicon", str(args.lm_lexicon)]
         cmd += ["--test-sets", *missing]
