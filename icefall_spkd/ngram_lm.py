@@ -30,6 +30,7 @@ Every distribution sums to one over the predicted symbols;
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -38,7 +39,12 @@ from typing import Dict, Iterable, List, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-__all__ = ["TokenNgramLm", "train_token_ngram_lm"]
+__all__ = [
+    "TokenNgramLm",
+    "train_token_ngram_lm",
+    "add_lm_training_arguments",
+    "read_lm_training_sentences",
+]
 
 History = Tuple[int, ...]
 
@@ -226,3 +232,33 @@ def train_token_ngram_lm(
     counts.append({h: dict(nxt) for h, nxt in top.items()})
     discounts = [_discount(t) for t in counts]
     return TokenNgramLm(order, vocab_size, counts, discounts, blank_id)
+
+
+def add_lm_training_arguments(parser: argparse.ArgumentParser, default_order: int) -> None:
+    """The options the n-gram training scripts share: --text, --order, --lm-path, --keep-repeats."""
+    parser.add_argument("--text", type=Path, required=True, help="training sentences, one per line")
+    parser.add_argument(
+        "--order", type=int, default=default_order, help="n of the n-gram (default %(default)s)"
+    )
+    parser.add_argument("--lm-path", type=Path, required=True, help="where to write the LM")
+    parser.add_argument(
+        "--keep-repeats", action="store_true", help="count every line, repeated ones included"
+    )
+
+
+def read_lm_training_sentences(args: argparse.Namespace) -> List[str]:
+    """The non-empty lines of ``args.text``, repeats dropped unless ``--keep-repeats``.
+
+    Exits with a one-line message when the file is missing or has no sentence,
+    or when ``--order`` is below 1.
+    """
+    if args.order < 1:
+        raise SystemExit(f"--order must be at least 1, got {args.order}")
+    if not args.text.is_file():
+        raise SystemExit(f"{args.text}: no such text file; run prepare.sh stage 3 first")
+    lines = [ln.strip() for ln in args.text.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not args.keep_repeats:
+        lines = list(dict.fromkeys(lines))
+    if not lines:
+        raise SystemExit(f"{args.text}: no sentences in it")
+    return lines

@@ -221,3 +221,25 @@ def test_decoding_plan_names_word_lm_results_apart(tmp_path) -> None:
         suffixes[name] = decoding_plan(params, ("dev",))[1]
     assert suffixes["token"] == "epoch-6-avg-2-use-averaged-model-beam-size-8-lm-scale-0.6-token-bonus-1.6"
     assert suffixes["word"] == "epoch-6-avg-2-use-averaged-model-beam-size-8-word-lm-scale-0.6-token-bonus-1.6"
+
+
+def test_train_word_lm_script(tmp_path) -> None:
+    from recipe_scripts import load_recipe_script
+
+    script = load_recipe_script("local/train_word_lm.py")
+    text = tmp_path / "transcript_words.txt"
+    # the repeated line is counted once: the LM equals one trained on the distinct lines
+    text.write_text("A AB C\nBA C\nA AB C\n\nCC A\n")
+    out = tmp_path / "lm" / "word_2gram.pt"
+    script.main(["--text", str(text), "--order", "2", "--lm-path", str(out)])
+    got = load_ngram_lm(out)
+    ref = train_word_ngram_lm([["A", "AB", "C"], ["BA", "C"], ["CC", "A"]], order=2)
+    assert got.words == ref.words == ["A", "AB", "BA", "C", "CC"]
+    assert got.sentence_log_prob(["A", "C"]) == pytest.approx(ref.sentence_log_prob(["A", "C"]))
+    with pytest.raises(SystemExit, match="missing.txt: no such text file"):
+        script.main(["--text", str(tmp_path / "missing.txt"), "--lm-path", str(out)])
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(SystemExit, match="empty.txt: no sentences"):
+        script.main(["--text", str(tmp_path / "empty.txt"), "--lm-path", str(out)])
+    with pytest.raises(SystemExit, match="--order must be at least 1"):
+        script.main(["--text", str(text), "--order", "0", "--lm-path", str(out)])

@@ -30,7 +30,11 @@ from typing import List, Optional
 
 import sentencepiece as spm
 
-from icefall_spkd.ngram_lm import train_token_ngram_lm
+from icefall_spkd.ngram_lm import (
+    add_lm_training_arguments,
+    read_lm_training_sentences,
+    train_token_ngram_lm,
+)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -38,28 +42,17 @@ def get_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--bpe-model", type=Path, required=True, help="the transducer's BPE model")
-    p.add_argument("--text", type=Path, required=True, help="training sentences, one per line")
-    p.add_argument("--order", type=int, default=6, help="n of the n-gram (default %(default)s)")
-    p.add_argument("--lm-path", type=Path, required=True, help="where to write the LM")
-    p.add_argument(
-        "--keep-repeats", action="store_true", help="count every line, repeated ones included"
-    )
+    add_lm_training_arguments(p, default_order=6)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    if not args.text.is_file():
-        sys.exit(f"{args.text}: no such text file; run prepare.sh stage 3 first")
     if not args.bpe_model.is_file():
         sys.exit(f"{args.bpe_model}: no such BPE model; run prepare.sh stage 3 first")
+    lines = read_lm_training_sentences(args)
     sp = spm.SentencePieceProcessor(model_file=str(args.bpe_model))
-    lines = [ln.strip() for ln in args.text.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not args.keep_repeats:
-        lines = list(dict.fromkeys(lines))
-    if not lines:
-        sys.exit(f"{args.text}: no sentences in it")
     sequences = sp.encode(lines, out_type=int)
     lm = train_token_ngram_lm(sequences, order=args.order, vocab_size=sp.get_piece_size())
     lm.save(args.lm_path)

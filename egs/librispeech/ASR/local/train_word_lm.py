@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from pathlib import Path
 from typing import List, Optional
 
+from icefall_spkd.ngram_lm import add_lm_training_arguments, read_lm_training_sentences
 from icefall_spkd.word_lm import train_word_ngram_lm
 
 
@@ -33,27 +32,14 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--text", type=Path, required=True, help="training sentences, one per line")
-    p.add_argument("--order", type=int, default=3, help="n of the n-gram (default %(default)s)")
-    p.add_argument("--lm-path", type=Path, required=True, help="where to write the LM")
-    p.add_argument(
-        "--keep-repeats", action="store_true", help="count every line, repeated ones included"
-    )
+    add_lm_training_arguments(p, default_order=3)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    if not args.text.is_file():
-        sys.exit(f"{args.text}: no such text file; run prepare.sh stage 3 first")
-    if args.order < 1:
-        sys.exit(f"--order must be at least 1, got {args.order}")
-    lines = [ln.strip() for ln in args.text.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not args.keep_repeats:
-        lines = list(dict.fromkeys(lines))
-    if not lines:
-        sys.exit(f"{args.text}: no sentences in it")
+    lines = read_lm_training_sentences(args)
     lm = train_word_ngram_lm([ln.split() for ln in lines], order=args.order)
     lm.save(args.lm_path)
     num_ngrams = sum(len(nxt) for nxt in lm.ngram.counts[-1].values())
