@@ -39,6 +39,8 @@ from typing import Dict, Iterable, List, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from icefall_spkd.checkpoint import atomic_torch_save
+
 __all__ = [
     "TokenNgramLm",
     "train_token_ngram_lm",
@@ -150,10 +152,7 @@ class TokenNgramLm:
 
     def save(self, path: Union[str, Path]) -> None:
         """Write the model to ``path`` (a ``torch.save`` dict), atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(
+        atomic_torch_save(
             {
                 "kind": "token_ngram_kn",
                 "order": self.order,
@@ -162,9 +161,8 @@ class TokenNgramLm:
                 "counts": self.counts,
                 "discounts": self.discounts,
             },
-            tmp,
+            path,
         )
-        tmp.replace(path)
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> TokenNgramLm:

@@ -51,6 +51,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from icefall_spkd.checkpoint import atomic_torch_save
 from icefall_spkd.lexicon import WORD_START
 from icefall_spkd.ngram_lm import History, TokenNgramLm, train_token_ngram_lm
 
@@ -102,10 +103,7 @@ class WordNgramLm:
 
     def save(self, path: Union[str, Path]) -> None:
         """Write the model to ``path`` (a ``torch.save`` dict), atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(
+        atomic_torch_save(
             {
                 "kind": "word_ngram_kn",
                 "words": self.words,
@@ -113,9 +111,8 @@ class WordNgramLm:
                 "counts": self.ngram.counts,
                 "discounts": self.ngram.discounts,
             },
-            tmp,
+            path,
         )
-        tmp.replace(path)
 
 
 def train_word_ngram_lm(sentences: Iterable[Sequence[str]], order: int) -> WordNgramLm:

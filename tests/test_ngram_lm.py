@@ -256,16 +256,21 @@ def test_search_with_lexicon_spells_only_listed_words() -> None:
     model = _make_model(vocab_size, dim, 2, seed=51)
     enc, lens = _padded_batch([12, 9, 15, 6], dim, seed=52)
     lex = LexiconConstrainedLm(_FlatLm(), PIECES, WORDS)
+    assert_fused_search_spells_only(model, enc, lens, lex, PIECES, WORDS)
 
-    def words(tokens):
-        return "".join(PIECES[t] for t in tokens).replace("\u2581", " ").split()
+
+def assert_fused_search_spells_only(model, enc, lens, lm, pieces, words) -> None:
+    """Plain search writes some non-word (else the check is void); fused search with ``lm`` none."""
+
+    def split(tokens):
+        return "".join(pieces[t] for t in tokens).replace("\u2581", " ").split()
 
     plain = modified_beam_search(model, enc, lens, beam=4)
-    assert any(w not in WORDS for y in plain for w in words(y)), "degenerate: plain search is legal"
-    got = modified_beam_search(model, enc, lens, beam=4, lm=lex, lm_scale=1.0, lm_token_bonus=2.0)
+    assert any(w not in words for y in plain for w in split(y)), "degenerate: plain search is legal"
+    got = modified_beam_search(model, enc, lens, beam=4, lm=lm, lm_scale=1.0, lm_token_bonus=2.0)
     assert any(got), "degenerate: nothing emitted"
     for y in got:
-        assert all(w in WORDS for w in words(y)), words(y)
+        assert all(w in words for w in split(y)), split(y)
 
 
 def _internal_lm_total(model, tokens: tuple[int, ...]) -> float:

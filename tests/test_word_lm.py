@@ -17,13 +17,13 @@ from typing import List
 import pytest
 import torch
 
-from icefall_spkd.search import modified_beam_search
 from icefall_spkd.word_lm import (
     WordNgramLm,
     WordPieceLookaheadLm,
     load_ngram_lm,
     train_word_ngram_lm,
 )
+from tests.test_ngram_lm import assert_fused_search_spells_only
 from tests.test_search import _make_model, _padded_batch
 
 SP = "\u2581"
@@ -144,16 +144,7 @@ def test_fused_search_writes_only_listed_words() -> None:
     dim = 8
     model = _make_model(len(PIECES), dim, 2, seed=61)
     enc, lens = _padded_batch([14, 9, 17, 6], dim, seed=62)
-
-    def words(tokens):
-        return "".join(PIECES[t] for t in tokens).replace(SP, " ").split()
-
-    plain = modified_beam_search(model, enc, lens, beam=4)
-    assert any(w not in WORDS for y in plain for w in words(y)), "degenerate: plain search is legal"
-    got = modified_beam_search(model, enc, lens, beam=4, lm=lm, lm_scale=1.0, lm_token_bonus=2.0)
-    assert any(got), "degenerate: nothing emitted"
-    for y in got:
-        assert all(w in WORDS for w in words(y)), words(y)
+    assert_fused_search_spells_only(model, enc, lens, lm, PIECES, WORDS)
 
 
 def test_save_load_and_errors(tmp_path) -> None:
