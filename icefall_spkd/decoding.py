@@ -170,13 +170,7 @@ def load_fusion_lm(params: AttributeDict, sp: Any = None) -> Optional[Any]:
             raise SystemExit(
                 f"{params.lm_path} is a word LM: it spells only its own words; drop --lm-lexicon"
             )
-        pieces = _pieces(sp)
-        if len(pieces) != params.vocab_size:
-            raise SystemExit(
-                f"{params.lm_path}: the vocabulary has {len(pieces)} pieces, "
-                f"the model {params.vocab_size}"
-            )
-        return WordPieceLookaheadLm(lm, pieces, blank_id=params.blank_id)
+        return WordPieceLookaheadLm(lm, _pieces(sp), blank_id=params.blank_id)
     if lm.vocab_size != params.vocab_size:
         raise SystemExit(
             f"{params.lm_path}: LM over {lm.vocab_size} tokens, the model has {params.vocab_size}; "

@@ -52,13 +52,27 @@ def internal_lm_log_probs(
     for i, s in enumerate(token_ids):
         y[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.int64)
     decoder_out = model.run_decoder(y)  # (N, U + 1, D): position u has seen y[:u]
-    encoder_dim = model.joiner.encoder_proj.in_features
-    zero_encoder = decoder_out.new_zeros(*decoder_out.shape[:2], encoder_dim)
-    logits = model.joiner(zero_encoder, decoder_out)  # (N, U + 1, V)
-    logits[..., blank_id] = float("-inf")  # renormalise over the real tokens
-    log_probs = logits.log_softmax(-1)[:, :-1]  # position u predicts y[u]
+    projected = model.joiner.decoder_proj(decoder_out)
+    log_probs = next_token_log_probs(model.joiner, projected, blank_id)[:, :-1]  # u predicts y[u]
     picked = log_probs.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # (N, U)
     return [picked[i, :n].float() for i, n in enumerate(lens)]
+
+
+def next_token_log_probs(joiner: nn.Module, decoder_out: Tensor, blank_id: int = 0) -> Tensor:
+    """``log P_ilm(. | context)`` after each (projected) decoder output.
+
+    ``decoder_out`` is ``(..., J)``, already through ``joiner.decoder_proj``
+    (as the searches keep it). The joiner runs on the projection of a zero
+    encoder output; the result ``(..., V)`` is in float32, renormalised over
+    the non-blank tokens, with 0 in the blank's column (nothing to score).
+    """
+    proj = joiner.encoder_proj
+    zero_encoder = proj(decoder_out.new_zeros(proj.in_features)).expand_as(decoder_out)
+    logits = joiner(zero_encoder, decoder_out, project_input=False).float()
+    logits[..., blank_id] = float("-inf")
+    out = logits.log_softmax(dim=-1)
+    out[..., blank_id] = 0.0
+    return out
 
 
 def perplexity(log_probs: Sequence[Tensor]) -> float:

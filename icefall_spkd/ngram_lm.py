@@ -173,6 +173,11 @@ class TokenNgramLm:
         state = torch.load(path, map_location="cpu", weights_only=False)
         if not isinstance(state, dict) or state.get("kind") != "token_ngram_kn":
             raise ValueError(f"{path}: not a token n-gram LM written by local/train_token_lm.py")
+        return cls.from_state(state)
+
+    @classmethod
+    def from_state(cls, state: Dict) -> TokenNgramLm:
+        """The model of a dict written by :meth:`save` (already read)."""
         return cls(
             state["order"], state["vocab_size"], state["counts"], state["discounts"], state["blank_id"]
         )

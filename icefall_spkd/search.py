@@ -46,6 +46,8 @@ from typing import Hashable, Iterator, Optional, Protocol, Sequence
 import torch
 from torch import nn
 
+from icefall_spkd.internal_lm import next_token_log_probs
+
 __all__ = [
     "Hypothesis",
     "HypothesisList",
@@ -409,7 +411,7 @@ def modified_beam_search(
         non-blank expansion by ``v`` also scores ``-ilm_scale * log
         P_ilm(v | context)``, where ``P_ilm`` is the joiner on a zero
         encoder output with blank removed and the rest renormalised (as
-        :func:`icefall_spkd.internal_lm.internal_lm_log_probs`). The search
+        :func:`icefall_spkd.internal_lm.next_token_log_probs`). The search
         then ranks the sum above minus ``ilm_scale * log P_ilm(y)``.
     Returns:
       Without ``return_nbest``: one token list (no blanks) per utterance.
@@ -478,7 +480,7 @@ def modified_beam_search(
             lm_next = lm_scale * torch.stack([lm.log_probs(lm.state(h.tokens)) for h in flat]).to(device)
             lm_next += lm_token_bonus
             if ilm_scale:
-                lm_next -= ilm_scale * internal_lm_step(model, dec, blank_id)
+                lm_next -= ilm_scale * next_token_log_probs(model.joiner, dec, blank_id)
             lm_next[:, blank_id] = 0.0
             lm_prev = torch.tensor([h.lm_score for h in flat], dtype=torch.float32, device=device)
             scores = scores + lm_prev.unsqueeze(1) + lm_next
@@ -526,23 +528,6 @@ def modified_beam_search(
     if return_nbest:
         return [[(list(h.tokens), h.log_prob) for h in hl] for hl in ranked]
     return [list(hl[0].tokens) for hl in ranked]
-
-
-def internal_lm_step(model: nn.Module, decoder_out: torch.Tensor, blank_id: int) -> torch.Tensor:
-    """Internal-LM log-probabilities of the next token after each decoder output.
-
-    ``decoder_out`` is ``(H, J)``, already projected (``run_decoder``'s
-    output). The joiner runs on the projection of a zero encoder output; the
-    result ``(H, V)`` is renormalised over the non-blank tokens, and its
-    blank column is 0.
-    """
-    proj = model.joiner.encoder_proj
-    zero_encoder = proj(decoder_out.new_zeros(1, proj.in_features)).expand_as(decoder_out)
-    logits = model.joiner(zero_encoder, decoder_out, project_input=False).float()
-    logits[:, blank_id] = -math.inf
-    out = logits.log_softmax(dim=-1)
-    out[:, blank_id] = 0.0
-    return out
 
 
 def _rank_with_lm(

@@ -46,7 +46,7 @@ import bisect
 import functools
 import math
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -130,6 +130,17 @@ def train_word_ngram_lm(sentences: Iterable[Sequence[str]], order: int) -> WordN
     return WordNgramLm(words, ngram)
 
 
+@functools.lru_cache(maxsize=4)
+def _read_lm_file(path: str, mtime_ns: int) -> Any:
+    """``torch.load`` of an LM file, once per file version (decode.py names its results
+    by the LM's kind before it loads the LM; run_table.py asks for every row)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _lm_file_state(path: Path) -> Any:
+    return _read_lm_file(str(path), path.stat().st_mtime_ns)
+
+
 def load_ngram_lm(path: Union[str, Path]) -> Union[TokenNgramLm, WordNgramLm]:
     """Read a token LM (``local/train_token_lm.py``) or a word LM (``local/train_word_lm.py``)."""
     path = Path(path)
@@ -137,10 +148,13 @@ def load_ngram_lm(path: Union[str, Path]) -> Union[TokenNgramLm, WordNgramLm]:
         raise FileNotFoundError(
             f"{path}: no such LM; make one with local/train_token_lm.py or local/train_word_lm.py"
         )
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = _lm_file_state(path)
+    except Exception:
+        state = None
     kind = state.get("kind") if isinstance(state, dict) else None
     if kind == "token_ngram_kn":
-        return TokenNgramLm.load(path)
+        return TokenNgramLm.from_state(state)
     if kind == "word_ngram_kn":
         words = state["words"]
         ngram = TokenNgramLm(state["order"], len(words) + 1, state["counts"], state["discounts"], 0)
@@ -148,15 +162,6 @@ def load_ngram_lm(path: Union[str, Path]) -> Union[TokenNgramLm, WordNgramLm]:
     raise ValueError(
         f"{path}: not an n-gram LM written by local/train_token_lm.py or local/train_word_lm.py"
     )
-
-
-@functools.lru_cache(maxsize=16)
-def _file_kind(path: str, mtime_ns: int) -> Optional[str]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # not a torch file: whoever loads it reports the error
-        return None
-    return state.get("kind") if isinstance(state, dict) else None
 
 
 def is_word_lm_file(path: Union[str, Path]) -> bool:
@@ -168,7 +173,11 @@ def is_word_lm_file(path: Union[str, Path]) -> bool:
     path = Path(path)
     if not path.is_file():
         return False
-    return _file_kind(str(path), path.stat().st_mtime_ns) == "word_ngram_kn"
+    try:
+        state = _lm_file_state(path)
+    except Exception:  # not a torch file
+        return False
+    return isinstance(state, dict) and state.get("kind") == "word_ngram_kn"
 
 
 class WordPieceLookaheadLm:
@@ -264,8 +273,9 @@ class WordPieceLookaheadLm:
                     dead = True
                     break
                 partial += self._text[t]
-        if not dead and partial is not None and self._range(partial)[0] == self._range(partial)[1]:
-            dead = True
+        if not dead and partial is not None:
+            lo, hi = self._range(partial)
+            dead = lo == hi  # no listed word starts with these letters
         return (ngram.state(finished), partial, dead)
 
     def log_probs(self, state: WordLmState) -> torch.Tensor:
